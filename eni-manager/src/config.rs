@@ -1,0 +1,697 @@
+//! The manager's configuration: a YAML file, then `ENI_MANAGER__SECTION__FIELD` environment
+//! variables, then `--set section.field=value` flags, each overriding the one before; then
+//! validation that reports every problem at once, each naming its field and the fix.
+//!
+//! This module only reads and checks; it builds nothing.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_yaml::Value;
+
+/// Which cloud.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// Alibaba Cloud ECS.
+    Aliyun,
+    /// AWS EC2.
+    Aws,
+}
+
+/// Where Alibaba Cloud credentials come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialSource {
+    /// Environment, then the credentials file, then the instance's RAM role.
+    #[default]
+    Chain,
+    /// `ALIBABA_CLOUD_ACCESS_KEY_ID` / `_SECRET` (/ `_SECURITY_TOKEN`).
+    Env,
+    /// The credentials file (`credentials_file`, default `~/.alibabacloud/credentials`).
+    File,
+    /// The instance's RAM role, from the metadata service.
+    RamRole,
+}
+
+/// How to choose among a zone's vSwitches/subnets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SubnetSelection {
+    /// The one with the most free addresses.
+    #[default]
+    MostFree,
+    /// In the order listed.
+    Ordered,
+}
+
+impl CloudConfig {
+    /// The provider's name, for status and labels.
+    pub fn provider_name(&self) -> &'static str {
+        match self.provider {
+            ProviderKind::Aliyun => "aliyun",
+            ProviderKind::Aws => "aws",
+        }
+    }
+}
+
+/// Cloud settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudConfig {
+    /// `aliyun` or `aws`.
+    pub provider: ProviderKind,
+    /// Region; learned from the metadata service when empty.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// API endpoint override (for example the mock cloud, or a VPC endpoint).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Metadata service override (default: the cloud's link-local address).
+    #[serde(default)]
+    pub metadata_endpoint: Option<String>,
+    /// The node's instance id; learned from the metadata service when empty.
+    #[serde(default)]
+    pub instance_id: Option<String>,
+    /// Alibaba Cloud: whether the instance type takes /28 prefixes (its API does not say).
+    /// AWS learns it from `DescribeInstanceTypes`.
+    #[serde(default)]
+    pub prefix_support: bool,
+    /// Alibaba Cloud credentials source (AWS always uses its default chain).
+    #[serde(default)]
+    pub credentials: CredentialSource,
+    /// Alibaba Cloud credentials file (for `file` and `chain`).
+    #[serde(default)]
+    pub credentials_file: Option<PathBuf>,
+    /// API calls per second allowed for each action (token bucket refill rate).
+    #[serde(default = "default_rate")]
+    pub rate_per_second: f64,
+    /// Burst of each action's bucket.
+    #[serde(default = "default_burst")]
+    pub rate_burst: u32,
+    /// How long one API request may take before it counts as failed (and is retried) (ms).
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_ms: u64,
+    /// How long one cloud call keeps retrying transient failures before it fails (ms). Until
+    /// then a cloud that does not answer is not reported as degraded.
+    #[serde(default = "default_retry_budget")]
+    pub retry_budget_ms: u64,
+}
+
+fn default_rate() -> f64 {
+    8.0
+}
+fn default_burst() -> u32 {
+    10
+}
+fn default_request_timeout() -> u64 {
+    10_000
+}
+fn default_retry_budget() -> u64 {
+    120_000
+}
+
+/// How attached ENIs are configured on the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeNetworkKind {
+    /// Find the ENI's link by MAC and configure it (MTU, up, route table, rule).
+    #[default]
+    Kernel,
+    /// Touch nothing on the node. Only for tests against cloud emulators without a
+    /// hypervisor (moto), where attached ENIs never appear as links.
+    None,
+}
+
+/// Identity of this node and cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Cluster id: put on every ENI as a tag, so ENIs of other clusters are never touched.
+    pub id: String,
+    /// Extra tags put on every ENI created.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+/// Where ENIs are created.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// vSwitch (Alibaba Cloud) or subnet (AWS) ids per zone; the node uses its own zone's.
+    pub subnets: BTreeMap<String, Vec<String>>,
+    /// How to choose among them.
+    #[serde(default)]
+    pub subnet_selection: SubnetSelection,
+    /// Security groups of created ENIs; the node's own when empty.
+    #[serde(default)]
+    pub security_groups: Vec<String>,
+    /// MTU of ENI links.
+    #[serde(default = "default_mtu")]
+    pub mtu: u32,
+    /// Route table of an ENI = this + its device index.
+    #[serde(default = "default_table_base")]
+    pub route_table_base: u32,
+    /// Priority of the policy rules that send an ENI's addresses to its table.
+    #[serde(default = "default_rule_priority")]
+    pub rule_priority: u32,
+    /// How long an exhausted vSwitch/subnet is skipped (seconds).
+    #[serde(default = "default_block")]
+    pub exhausted_block_s: u64,
+    /// `kernel` (default) configures attached ENIs on the node; `none` skips that, for tests
+    /// against cloud emulators without a hypervisor.
+    #[serde(default)]
+    pub node_network: NodeNetworkKind,
+}
+
+fn default_mtu() -> u32 {
+    1500
+}
+fn default_table_base() -> u32 {
+    1000
+}
+fn default_rule_priority() -> u32 {
+    2000
+}
+fn default_block() -> u64 {
+    600
+}
+
+/// The warm pool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Low watermark: refill when fewer idle addresses than this.
+    #[serde(default = "default_min_idle")]
+    pub min_idle: u32,
+    /// High watermark: release idle addresses above this (after the cool-down).
+    #[serde(default = "default_max_idle")]
+    pub max_idle: u32,
+    /// Keep at least this many addresses in total, idle or not (like `MINIMUM_IP_TARGET`).
+    #[serde(default)]
+    pub min_total: u32,
+    /// Seconds an address stays idle before it may be released.
+    #[serde(default = "default_cooldown")]
+    pub release_cooldown_s: u64,
+    /// Milliseconds to gather concurrent demand into one round of cloud calls.
+    #[serde(default = "default_batch")]
+    pub batch_window_ms: u64,
+    /// Assign /28 prefixes instead of single addresses (where the instance type supports it).
+    #[serde(default)]
+    pub prefix_mode: bool,
+    /// Use at most this many ENIs (primary included); the instance type's limit when absent.
+    #[serde(default)]
+    pub max_enis: Option<u32>,
+    /// Exclusive ENIs to keep ready.
+    #[serde(default)]
+    pub exclusive_warm: u32,
+    /// How long an allocation may wait for the pool before it fails (ms).
+    #[serde(default = "default_alloc_timeout")]
+    pub allocate_timeout_ms: u64,
+}
+
+fn default_min_idle() -> u32 {
+    2
+}
+fn default_max_idle() -> u32 {
+    10
+}
+fn default_cooldown() -> u64 {
+    300
+}
+fn default_batch() -> u64 {
+    20
+}
+fn default_alloc_timeout() -> u64 {
+    30_000
+}
+
+/// Garbage collection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcConfig {
+    /// Seconds between passes.
+    #[serde(default = "default_gc_interval")]
+    pub interval_s: u64,
+    /// An allocation whose network namespace is gone is released after this many seconds.
+    #[serde(default = "default_gc_grace")]
+    pub grace_s: u64,
+    /// A detached ENI of this cluster (created by any node) is deleted once it has been seen
+    /// detached for this long: the node that made it is gone or crashed between create and
+    /// attach.
+    #[serde(default = "default_orphan_grace")]
+    pub orphan_eni_grace_s: u64,
+}
+
+fn default_gc_interval() -> u64 {
+    60
+}
+fn default_gc_grace() -> u64 {
+    120
+}
+fn default_orphan_grace() -> u64 {
+    600
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig {
+            interval_s: default_gc_interval(),
+            grace_s: default_gc_grace(),
+            orphan_eni_grace_s: default_orphan_grace(),
+        }
+    }
+}
+
+/// Where the manager listens and keeps state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// The CNI's unix socket (mode 0600).
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    /// The durable state directory.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Prometheus metrics and health endpoints (`/metrics`, `/healthz`, `/readyz`).
+    #[serde(default = "default_metrics")]
+    pub metrics_address: SocketAddr,
+}
+
+fn default_socket() -> PathBuf {
+    PathBuf::from("/run/eni-manager/eni-manager.sock")
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/eni-manager")
+}
+fn default_metrics() -> SocketAddr {
+    "127.0.0.1:9410".parse().expect("valid literal")
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            socket: default_socket(),
+            state_dir: default_state_dir(),
+            metrics_address: default_metrics(),
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    /// Cloud.
+    pub cloud: CloudConfig,
+    /// Cluster identity.
+    pub cluster: ClusterConfig,
+    /// Subnets, security groups, links.
+    pub network: NetworkConfig,
+    /// Warm pool.
+    pub pool: PoolConfig,
+    /// Garbage collection.
+    pub gc: GcConfig,
+    /// Socket, state, metrics.
+    pub daemon: DaemonConfig,
+}
+
+/// Why the configuration was refused: every problem, each naming its field.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration has {} problem(s):\n  - {}", problems.len(), problems.join("\n  - "))]
+pub struct ConfigError {
+    /// One line per problem.
+    pub problems: Vec<String>,
+}
+
+/// The environment variable prefix; `__` separates path segments:
+/// `ENI_MANAGER__POOL__MIN_IDLE=4`.
+pub const ENV_PREFIX: &str = "ENI_MANAGER__";
+
+const SECTIONS: &[&str] = &["cloud", "cluster", "network", "pool", "gc", "daemon"];
+
+fn parse_scalar(s: &str) -> Value {
+    serde_yaml::from_str::<Value>(s).unwrap_or_else(|_| Value::String(s.to_string()))
+}
+
+fn set_path(root: &mut Value, path: &[String], value: Value) -> Result<(), String> {
+    let mut cur = root;
+    for (i, seg) in path.iter().enumerate() {
+        if !cur.is_mapping() {
+            if cur.is_null() {
+                *cur = Value::Mapping(Default::default());
+            } else {
+                return Err(format!("{} is not a section", path[..i].join(".")));
+            }
+        }
+        let map = cur.as_mapping_mut().expect("checked above");
+        let key = Value::String(seg.clone());
+        if i + 1 == path.len() {
+            map.insert(key, value);
+            return Ok(());
+        }
+        cur = map.entry(key).or_insert(Value::Null);
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Reads `file` (if given), applies environment overrides from `env` and `--set`
+    /// overrides, and validates. `env` is passed in (not read here) so tests control it.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        sets: &[String],
+    ) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let mut root = match file {
+            Some(path) => match std::fs::read_to_string(path) {
+                Ok(text) => match serde_yaml::from_str::<Value>(&text) {
+                    Ok(Value::Null) => Value::Mapping(Default::default()),
+                    Ok(v) => v,
+                    Err(e) => {
+                        return Err(ConfigError {
+                            problems: vec![format!("{}: not valid YAML: {e}", path.display())],
+                        })
+                    }
+                },
+                Err(e) => {
+                    return Err(ConfigError {
+                        problems: vec![format!("--config {}: cannot read: {e}", path.display())],
+                    })
+                }
+            },
+            None => Value::Mapping(Default::default()),
+        };
+        for (k, v) in env {
+            if let Some(rest) = k.strip_prefix(ENV_PREFIX) {
+                let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+                if let Err(e) = set_path(&mut root, &path, parse_scalar(&v)) {
+                    problems.push(format!("{k}: {e}"));
+                }
+            }
+        }
+        for s in sets {
+            match s.split_once('=') {
+                Some((k, v)) if !k.is_empty() => {
+                    let path: Vec<String> = k.split('.').map(str::to_string).collect();
+                    if let Err(e) = set_path(&mut root, &path, parse_scalar(v)) {
+                        problems.push(format!("--set {s}: {e}"));
+                    }
+                }
+                _ => problems.push(format!(
+                    "--set {s}: expected section.field=value, like --set pool.min_idle=4"
+                )),
+            }
+        }
+        let map = match root.as_mapping() {
+            Some(m) => m.clone(),
+            None => {
+                return Err(ConfigError {
+                    problems: vec!["the configuration must be a YAML mapping of sections".into()],
+                })
+            }
+        };
+        for k in map.keys() {
+            let name = k.as_str().unwrap_or("?");
+            if !SECTIONS.contains(&name) {
+                problems.push(format!(
+                    "{name}: unknown section; the sections are {}",
+                    SECTIONS.join(", ")
+                ));
+            }
+        }
+        fn section<T: serde::de::DeserializeOwned>(
+            map: &serde_yaml::Mapping,
+            name: &str,
+            default: Option<T>,
+            problems: &mut Vec<String>,
+        ) -> Option<T> {
+            match map.get(name) {
+                None | Some(Value::Null) => match default {
+                    Some(d) => Some(d),
+                    None => {
+                        problems.push(format!("{name}: required section is missing"));
+                        None
+                    }
+                },
+                Some(v) => match serde_yaml::from_value::<T>(v.clone()) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        problems.push(format!("{name}: {e}"));
+                        None
+                    }
+                },
+            }
+        }
+        let empty = || Value::Mapping(Default::default());
+        let cloud = section::<CloudConfig>(&map, "cloud", None, &mut problems);
+        let cluster = section::<ClusterConfig>(&map, "cluster", None, &mut problems);
+        let network = section::<NetworkConfig>(&map, "network", None, &mut problems);
+        let pool = section::<PoolConfig>(
+            &map,
+            "pool",
+            serde_yaml::from_value(empty()).ok(),
+            &mut problems,
+        );
+        let gc = section::<GcConfig>(&map, "gc", Some(GcConfig::default()), &mut problems);
+        let daemon =
+            section::<DaemonConfig>(&map, "daemon", Some(DaemonConfig::default()), &mut problems);
+        let (Some(cloud), Some(cluster), Some(network), Some(pool), Some(gc), Some(daemon)) =
+            (cloud, cluster, network, pool, gc, daemon)
+        else {
+            return Err(ConfigError { problems });
+        };
+        let cfg = Config {
+            cloud,
+            cluster,
+            network,
+            pool,
+            gc,
+            daemon,
+        };
+        problems.extend(cfg.problems());
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    /// Semantic problems.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.cluster.id.trim().is_empty() {
+            p.push("cluster.id: must not be empty; it tags every ENI this cluster owns".into());
+        }
+        if self.cluster.id.len() > 128 {
+            p.push("cluster.id: at most 128 characters (it is a tag value)".into());
+        }
+        for k in self.cluster.tags.keys() {
+            if k.starts_with("eni-net.io/") {
+                p.push(format!(
+                    "cluster.tags.{k}: the eni-net.io/ prefix is reserved for the manager's own tags"
+                ));
+            }
+        }
+        if self.network.subnets.is_empty() || self.network.subnets.values().all(Vec::is_empty) {
+            p.push(
+                "network.subnets: list the vSwitch/subnet ids per zone, like {cn-hangzhou-h: [vsw-1]}"
+                    .into(),
+            );
+        }
+        if !(576..=9001).contains(&self.network.mtu) {
+            p.push(format!(
+                "network.mtu: {} is outside 576..9001",
+                self.network.mtu
+            ));
+        }
+        if self.network.route_table_base < 100 || self.network.route_table_base > 0x7fff_0000 {
+            p.push(format!(
+                "network.route_table_base: {} must be between 100 and 2147418112 (tables below 100 are the system's)",
+                self.network.route_table_base
+            ));
+        }
+        if self.network.rule_priority == 0 || self.network.rule_priority >= 32766 {
+            p.push(format!(
+                "network.rule_priority: {} must be between 1 and 32765 (before the main table's rule)",
+                self.network.rule_priority
+            ));
+        }
+        if self.pool.max_idle < self.pool.min_idle {
+            p.push(format!(
+                "pool.max_idle: {} is below pool.min_idle {}; the high watermark must be at least the low one",
+                self.pool.max_idle, self.pool.min_idle
+            ));
+        }
+        if self.pool.max_enis == Some(0) || self.pool.max_enis == Some(1) {
+            p.push("pool.max_enis: must be at least 2 (the primary ENI plus one)".into());
+        }
+        if self.pool.batch_window_ms > 5_000 {
+            p.push("pool.batch_window_ms: at most 5000".into());
+        }
+        if self.pool.allocate_timeout_ms < 100 {
+            p.push("pool.allocate_timeout_ms: at least 100".into());
+        }
+        if !(self.cloud.rate_per_second > 0.0 && self.cloud.rate_per_second <= 1000.0) {
+            p.push(format!(
+                "cloud.rate_per_second: {} must be above 0 and at most 1000",
+                self.cloud.rate_per_second
+            ));
+        }
+        if !(100..=600_000).contains(&self.cloud.request_timeout_ms) {
+            p.push(format!(
+                "cloud.request_timeout_ms: {} must be between 100 and 600000",
+                self.cloud.request_timeout_ms
+            ));
+        }
+        if self.cloud.retry_budget_ms > 3_600_000 {
+            p.push(format!(
+                "cloud.retry_budget_ms: {} must be at most 3600000",
+                self.cloud.retry_budget_ms
+            ));
+        }
+        if self.cloud.rate_burst == 0 {
+            p.push("cloud.rate_burst: must be at least 1".into());
+        }
+        if let Some(ep) = &self.cloud.endpoint {
+            if !(ep.starts_with("http://") || ep.starts_with("https://")) {
+                p.push(format!(
+                    "cloud.endpoint: {ep:?} must start with http:// or https://"
+                ));
+            }
+        }
+        if let Some(ep) = &self.cloud.metadata_endpoint {
+            if !(ep.starts_with("http://") || ep.starts_with("https://")) {
+                p.push(format!(
+                    "cloud.metadata_endpoint: {ep:?} must start with http:// or https://"
+                ));
+            }
+        }
+        if self.cloud.provider == ProviderKind::Aws
+            && self.cloud.credentials != CredentialSource::Chain
+        {
+            p.push("cloud.credentials: AWS always uses its default credential chain; leave it as chain".into());
+        }
+        if self.gc.interval_s == 0 {
+            p.push("gc.interval_s: must be at least 1".into());
+        }
+        if !self.daemon.socket.is_absolute() {
+            p.push(format!(
+                "daemon.socket: {} must be an absolute path",
+                self.daemon.socket.display()
+            ));
+        }
+        if !self.daemon.state_dir.is_absolute() {
+            p.push(format!(
+                "daemon.state_dir: {} must be an absolute path",
+                self.daemon.state_dir.display()
+            ));
+        }
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+cloud: { provider: aliyun, endpoint: "http://127.0.0.1:8640" }
+cluster: { id: prod-1 }
+network: { subnets: { cn-hangzhou-h: [vsw-1, vsw-2] } }
+"#;
+
+    fn load(text: &str, env: &[(&str, &str)], sets: &[&str]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(
+            Some(&path),
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+            &sets.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        )
+    }
+
+    #[test]
+    fn defaults_fill_the_rest() {
+        let c = load(MINIMAL, &[], &[]).unwrap();
+        assert_eq!(c.pool.min_idle, 2);
+        assert_eq!(c.pool.max_idle, 10);
+        assert_eq!(c.network.mtu, 1500);
+        assert_eq!(c.daemon.metrics_address.port(), 9410);
+        assert_eq!(c.network.subnet_selection, SubnetSelection::MostFree);
+    }
+
+    #[test]
+    fn env_then_flags_override_the_file() {
+        let c = load(
+            MINIMAL,
+            &[
+                ("ENI_MANAGER__POOL__MIN_IDLE", "4"),
+                ("ENI_MANAGER__POOL__MAX_IDLE", "8"),
+                ("OTHER", "x"),
+            ],
+            &["pool.min_idle=5", "daemon.socket=/tmp/s.sock"],
+        )
+        .unwrap();
+        assert_eq!(c.pool.min_idle, 5);
+        assert_eq!(c.pool.max_idle, 8);
+        assert_eq!(c.daemon.socket, PathBuf::from("/tmp/s.sock"));
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let err = load(
+            r#"
+cloud: { provider: aliyun, endpoint: "ftp://x", rate_burst: 0 }
+cluster: { id: "", tags: { "eni-net.io/node": x } }
+network: { subnets: {}, mtu: 100 }
+pool: { min_idle: 5, max_idle: 2 }
+extra: 1
+"#,
+            &[],
+            &["nonsense"],
+        )
+        .unwrap_err();
+        let all = err.problems.join("\n");
+        for needle in [
+            "extra: unknown section",
+            "cluster.id",
+            "eni-net.io/ prefix",
+            "network.subnets",
+            "network.mtu",
+            "pool.max_idle",
+            "cloud.endpoint",
+            "cloud.rate_burst",
+            "--set nonsense",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn type_errors_name_the_section_and_others_still_show() {
+        let err = load(
+            r#"
+cloud: { provider: gcp }
+cluster: { id: x }
+network: { subnets: { z: [a] } }
+pool: { min_idle: "many" }
+"#,
+            &[],
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(err.problems.len(), 2, "{:?}", err.problems);
+        assert!(err.problems[0].starts_with("cloud:"));
+        assert!(err.problems[1].starts_with("pool:"));
+    }
+
+    #[test]
+    fn missing_sections_are_named() {
+        let err = load("pool: {}\n", &[], &[]).unwrap_err();
+        assert_eq!(err.problems.len(), 3, "{:?}", err.problems);
+    }
+}

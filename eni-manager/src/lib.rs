@@ -1,0 +1,13 @@
+//! eni-manager: the node daemon. It keeps a warm pool of ENIs and addresses (`pool`), records
+//! every promise durably before making it (`store`), configures attached ENIs on the node
+//! (`node`), answers the CNI over a unix socket (`rpc`) and exports metrics (`metrics`).
+//! `config` reads and checks the configuration; `provider` builds the cloud client.
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod metrics;
+pub mod node;
+pub mod pool;
+pub mod provider;
+pub mod rpc;
+pub mod store;

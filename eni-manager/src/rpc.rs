@@ -1,0 +1,222 @@
+//! The CNI's requests, answered by the pool: converts between the wire types of `eni-rpc`
+//! and the pool's own, and maps failure reasons to the protocol's error codes.
+//!
+//! No decisions here; the pool decides.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use eni_rpc::{
+    AllocateRequest, Allocation, Allocations, EniStatus, ErrorCode, GcResult, IpStatus, NodeStatus,
+    PodRef, PoolStatus, Released, Request, Response, RpcError, Status,
+};
+
+use crate::metrics::Metrics;
+use crate::pool::manager::{AllocError, AllocRequest, Granted, PoolHandle, Reason, StatusView};
+use crate::pool::state::{AllocKey, EniKind, PodInfo};
+
+/// The manager's [`eni_rpc::server::Handler`].
+#[derive(Debug)]
+pub struct RpcHandler {
+    pool: PoolHandle,
+    metrics: Arc<Metrics>,
+    provider: &'static str,
+    mtu: u32,
+}
+
+impl RpcHandler {
+    /// A handler answering from `pool`.
+    pub fn new(pool: PoolHandle, metrics: Arc<Metrics>, provider: &'static str, mtu: u32) -> Self {
+        RpcHandler {
+            pool,
+            metrics,
+            provider,
+            mtu,
+        }
+    }
+}
+
+fn code_of(r: Reason) -> ErrorCode {
+    match r {
+        Reason::BadRequest => ErrorCode::BadRequest,
+        Reason::NotFound => ErrorCode::NotFound,
+        Reason::PoolExhausted => ErrorCode::PoolExhausted,
+        Reason::SubnetExhausted => ErrorCode::VSwitchExhausted,
+        Reason::EniLimit => ErrorCode::EniLimit,
+        Reason::CloudThrottled => ErrorCode::CloudThrottled,
+        Reason::CloudUnavailable => ErrorCode::CloudUnavailable,
+        Reason::Timeout => ErrorCode::Timeout,
+        Reason::ShuttingDown => ErrorCode::ShuttingDown,
+        Reason::Internal => ErrorCode::Internal,
+    }
+}
+
+fn rpc_err(e: AllocError) -> RpcError {
+    RpcError::new(code_of(e.reason), e.message)
+}
+
+fn pod_ref(p: &Option<PodInfo>) -> Option<PodRef> {
+    p.as_ref().map(|p| PodRef {
+        namespace: p.namespace.clone(),
+        name: p.name.clone(),
+        uid: p.uid.clone(),
+    })
+}
+
+fn allocation(g: &Granted, mtu: u32) -> Allocation {
+    let a = &g.alloc;
+    let e = &g.eni;
+    Allocation {
+        container_id: a.key.container_id.clone(),
+        ifname: a.key.ifname.clone(),
+        netns: a.netns.clone(),
+        pod: pod_ref(&a.pod),
+        ip: a.ip,
+        prefix_len: e.cidr.prefix_len(),
+        gateway: e.gateway,
+        subnet: e.cidr,
+        eni_id: e.id.clone(),
+        eni_mac: e.mac.clone(),
+        host_ifname: e.host_ifname.clone().unwrap_or_default(),
+        route_table: e.route_table,
+        mtu,
+        exclusive: a.exclusive,
+        allocated_at_ms: a.at_ms,
+    }
+}
+
+fn key(container_id: String, ifname: String) -> AllocKey {
+    AllocKey {
+        container_id,
+        ifname,
+    }
+}
+
+/// The wire form of a status snapshot.
+pub fn status(s: &StatusView, provider: &str, cloud_calls: u64) -> Status {
+    Status {
+        node: NodeStatus {
+            instance_id: s.node.instance_id.clone(),
+            instance_type: s.node.instance_type.clone(),
+            zone: s.node.zone.clone(),
+            provider: provider.to_string(),
+            max_pods: s.limits.max_shared_pods(),
+            max_enis: s.limits.max_enis,
+            ipv4_per_eni: s.limits.ipv4_per_eni,
+        },
+        pool: PoolStatus {
+            idle: s.idle,
+            allocated: s.allocated,
+            total: s.total,
+            low_watermark: s.targets.min_idle,
+            high_watermark: s.targets.max_idle,
+            enis: s
+                .enis
+                .iter()
+                .map(|v| EniStatus {
+                    eni_id: v.eni.id.clone(),
+                    mac: v.eni.mac.clone(),
+                    host_ifname: v.eni.host_ifname.clone(),
+                    device_index: v.eni.device_index,
+                    subnet_id: v.eni.subnet_id.clone(),
+                    status: format!("{:?}", v.eni.phase),
+                    exclusive_to: if v.eni.kind == EniKind::Exclusive {
+                        v.allocations.first().map(|a| a.key.container_id.clone())
+                    } else {
+                        None
+                    },
+                    ips: v
+                        .eni
+                        .ips
+                        .iter()
+                        .map(|ip| {
+                            let holder = v.allocations.iter().find(|a| a.ip == *ip);
+                            IpStatus {
+                                ip: *ip,
+                                container_id: holder.map(|a| a.key.container_id.clone()),
+                                pod: holder.and_then(|a| pod_ref(&a.pod)),
+                            }
+                        })
+                        .collect(),
+                })
+                .collect(),
+        },
+        degraded: s.degraded.clone(),
+        cloud_calls,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
+impl eni_rpc::server::Handler for RpcHandler {
+    async fn handle(&self, request: Request) -> Result<Response, RpcError> {
+        self.metrics.rpc_request();
+        match request {
+            Request::Allocate(AllocateRequest {
+                container_id,
+                ifname,
+                netns,
+                pod,
+                exclusive,
+                timeout_ms,
+            }) => {
+                let req = AllocRequest {
+                    key: key(container_id, ifname),
+                    netns,
+                    pod: pod.map(|p| PodInfo {
+                        namespace: p.namespace,
+                        name: p.name,
+                        uid: p.uid,
+                    }),
+                    exclusive,
+                    timeout: (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms.into())),
+                };
+                let g = self.pool.allocate(req).await.map_err(rpc_err)?;
+                Ok(Response::Allocation(allocation(&g, self.mtu)))
+            }
+            Request::Release(r) => {
+                let g = self
+                    .pool
+                    .release(key(r.container_id, r.ifname))
+                    .await
+                    .map_err(rpc_err)?;
+                Ok(Response::Released(Released {
+                    released: g.map(|g| allocation(&g, self.mtu)),
+                }))
+            }
+            Request::Check(r) => {
+                let g = self
+                    .pool
+                    .check(key(r.container_id, r.ifname))
+                    .await
+                    .map_err(rpc_err)?;
+                Ok(Response::Allocation(allocation(&g, self.mtu)))
+            }
+            Request::List => {
+                let all = self.pool.list().await.map_err(rpc_err)?;
+                Ok(Response::Allocations(Allocations {
+                    allocations: all.iter().map(|g| allocation(g, self.mtu)).collect(),
+                }))
+            }
+            Request::Status => {
+                let s = self.pool.status().await.map_err(rpc_err)?;
+                Ok(Response::Status(status(
+                    &s,
+                    self.provider,
+                    self.metrics.cloud_calls(),
+                )))
+            }
+            Request::Gc(r) => {
+                let valid: BTreeSet<AllocKey> = r
+                    .valid
+                    .into_iter()
+                    .map(|a| key(a.container_id, a.ifname))
+                    .collect();
+                let released = self.pool.gc(valid).await.map_err(rpc_err)?;
+                Ok(Response::GcResult(GcResult {
+                    released: released.iter().map(|g| allocation(g, self.mtu)).collect(),
+                }))
+            }
+        }
+    }
+}

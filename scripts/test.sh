@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The project's test command (README): set-up, format check, lints, build, every test.
+# Run as root: the hypervisor and datapath tests create network namespaces.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "test: WARNING: not root; tests that need network namespaces will report SKIPPED" >&2
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+echo "== cargo build (binaries the black-box tests start)"
+cargo build --workspace --bins --locked
+echo "== cargo test"
+cargo test --workspace --all-features --locked -- --test-threads="${TEST_THREADS:-4}"
+if [ "$(id -u)" -eq 0 ]; then
+  echo "== VM tests (IPVLAN on Debian's stock kernel under qemu)"
+  bash integration/vm/tests.sh
+else
+  echo "SKIPPED: VM tests need root (they build an initramfs and boot qemu)" >&2
+fi
