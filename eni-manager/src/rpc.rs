@@ -14,7 +14,7 @@ use eni_rpc::{
 
 use crate::metrics::Metrics;
 use crate::pool::manager::{AllocError, AllocRequest, Granted, PoolHandle, Reason, StatusView};
-use crate::pool::state::{AllocKey, EniKind, PodInfo};
+use crate::pool::state::{AllocKey, EniKind, EniPhase, PodInfo};
 
 /// The manager's [`eni_rpc::server::Handler`].
 #[derive(Debug)]
@@ -120,7 +120,11 @@ pub fn status(s: &StatusView, provider: &str, cloud_calls: u64) -> Status {
                     host_ifname: v.eni.host_ifname.clone(),
                     device_index: v.eni.device_index,
                     subnet_id: v.eni.subnet_id.clone(),
-                    status: format!("{:?}", v.eni.phase),
+                    status: match v.eni.phase {
+                        EniPhase::Ready => "ready",
+                        EniPhase::Leaving => "leaving",
+                    }
+                    .to_string(),
                     exclusive_to: if v.eni.kind == EniKind::Exclusive {
                         v.allocations.first().map(|a| a.key.container_id.clone())
                     } else {

@@ -149,7 +149,7 @@ fn settled(rig: &Rig, m: &ManagerProc) -> bool {
     let in_flight = metric(&metrics, "eni_pool_operations_in_flight").unwrap_or(1.0);
     let cloud = rig.mock.node_enis();
     in_flight == 0.0
-        && s.pool.enis.iter().all(|e| e.status == "Ready")
+        && s.pool.enis.iter().all(|e| e.status == "ready")
         && cloud.iter().all(|e| e["status"] == "InUse")
         && cloud.len() == s.pool.enis.len()
 }

@@ -253,7 +253,8 @@ pub struct EniStatus {
     pub device_index: Option<u32>,
     /// The vSwitch (subnet) id it lives in.
     pub subnet_id: String,
-    /// Its life-cycle state in the manager (`creating`, `attaching`, `ready`, `detaching`, ...).
+    /// Its life-cycle state in the manager: `ready` (addresses are handed out) or `leaving`
+    /// (being detached and deleted).
     pub status: String,
     /// The container that holds the whole ENI, in exclusive mode.
     #[serde(default)]

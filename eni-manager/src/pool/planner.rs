@@ -312,6 +312,33 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             });
             need = need.saturating_sub(n * unit);
         }
+        // Room on ENIs busy with an assign: they are topped up when it finishes (a round trip
+        // of a fraction of a second), which beats creating and attaching a new ENI (seconds).
+        let busy_room: u32 = shared_enis
+            .iter()
+            .filter(|e| busy.contains(e.id.as_str()))
+            .map(|e| {
+                let pending: u32 = state
+                    .intents
+                    .values()
+                    .filter_map(|i| match i {
+                        Intent::Assign {
+                            eni_id,
+                            ips,
+                            prefixes,
+                            ..
+                        } if *eni_id == e.id => Some(ips + prefixes),
+                        _ => None,
+                    })
+                    .sum();
+                input
+                    .limits
+                    .ipv4_per_eni
+                    .saturating_sub(e.slots_used() + pending)
+                    * unit
+            })
+            .sum();
+        need = need.saturating_sub(busy_room);
         let mut subnets_out = false;
         while need > 0 && enis_used < input.limits.max_enis && per_eni_slots > 0 {
             let cap = if t.prefix_mode {
@@ -765,10 +792,16 @@ mod tests {
         })
         .unwrap();
         assert_eq!(run(&s, 0, &HashMap::new(), 0).actions, vec![]);
-        // More demand: eni-1 is busy, so a new ENI is created.
+        // More demand that eni-1 can still hold (9 slots, 2 coming): nothing new now, it is
+        // topped up when its assign finishes.
         let p = run(&s, 3, &HashMap::new(), 0);
+        assert_eq!(p.actions, vec![], "{p:?}");
+        assert_eq!(p.blocked, None);
+        // Demand beyond what it can hold: a new ENI for the rest only.
+        let p = run(&s, 12, &HashMap::new(), 0);
+        // want 14 idle, 2 coming, 7 more fit on eni-1: create with 5.
         assert!(
-            matches!(&p.actions[..], [Action::CreateEni { ips: 3, .. }]),
+            matches!(&p.actions[..], [Action::CreateEni { ips: 5, .. }]),
             "{p:?}"
         );
     }
