@@ -129,6 +129,50 @@ impl FakeCloud {
         Ok(free)
     }
 
+    /// Takes `n` free aligned /28s of the subnet (all 16 members marked used).
+    fn take_prefixes(
+        &self,
+        g: &mut Inner,
+        subnet: &str,
+        n: u32,
+    ) -> Result<Vec<Ipv4Net>, ProviderError> {
+        let cidr = self
+            .subnets
+            .get(subnet)
+            .copied()
+            .ok_or_else(|| ProviderError::NotFound {
+                api: "AssignPrivateIpAddresses",
+                code: "InvalidVSwitchId.NotFound".into(),
+                message: subnet.into(),
+                request_id: None,
+            })?;
+        let mut out = Vec::new();
+        for p in cidr.subnets(28).into_iter().flatten() {
+            if out.len() == n as usize {
+                break;
+            }
+            let members: Vec<Ipv4Addr> = (u32::from(p.network())..=u32::from(p.broadcast()))
+                .map(Ipv4Addr::from)
+                .collect();
+            // Skip the subnet's first /28 (its network address) and any with a member in use.
+            if p.network() == cidr.network() || members.iter().any(|a| g.used.contains(a)) {
+                continue;
+            }
+            g.used.extend(members);
+            out.push(p);
+        }
+        if out.len() < n as usize {
+            return Err(ProviderError::IpExhausted {
+                api: "AssignPrivateIpAddresses",
+                vswitch: Some(subnet.into()),
+                code: "InvalidVSwitchId.IpNotEnough".into(),
+                message: "no free /28".into(),
+                request_id: None,
+            });
+        }
+        Ok(out)
+    }
+
     fn not_found(api: &'static str, id: &str) -> ProviderError {
         ProviderError::NotFound {
             api,
@@ -183,6 +227,10 @@ impl CloudProvider for FakeCloud {
             _ => 0,
         };
         let ips = self.take_ips(&mut g, &opts.subnet_id, 1 + n)?;
+        let prefixes = match opts.addresses {
+            AddressCount::Prefixes(p) => self.take_prefixes(&mut g, &opts.subnet_id, p)?,
+            _ => Vec::new(),
+        };
         g.next += 1;
         let id = format!("eni-fake{}", g.next);
         let eni = Eni {
@@ -198,7 +246,7 @@ impl CloudProvider for FakeCloud {
             attachment_id: None,
             primary_ip: Some(ips[0]),
             secondary_ips: ips[1..].to_vec(),
-            prefixes: Vec::new(),
+            prefixes,
             security_group_ids: opts.security_group_ids.clone(),
             tags: opts.tags.clone(),
         };
@@ -271,14 +319,6 @@ impl CloudProvider for FakeCloud {
         opts: &AssignAddressesOptions,
     ) -> Result<AssignedAddresses, ProviderError> {
         self.enter("AssignPrivateIpAddresses")?;
-        let n = match opts.addresses {
-            AddressCount::Ips(n) => n,
-            _ => {
-                return Err(ProviderError::InvalidInput {
-                    message: "fake: only IPs".into(),
-                })
-            }
-        };
         let mut g = self.lock();
         let subnet = g
             .enis
@@ -286,13 +326,19 @@ impl CloudProvider for FakeCloud {
             .ok_or_else(|| Self::not_found("AssignPrivateIpAddresses", &opts.eni_id))?
             .subnet_id
             .clone();
-        let ips = self.take_ips(&mut g, &subnet, n)?;
+        let (ips, prefixes) = match opts.addresses {
+            AddressCount::Ips(n) => (self.take_ips(&mut g, &subnet, n)?, Vec::new()),
+            AddressCount::Prefixes(n) => (Vec::new(), self.take_prefixes(&mut g, &subnet, n)?),
+            AddressCount::None => {
+                return Err(ProviderError::InvalidInput {
+                    message: "assign needs a count".into(),
+                })
+            }
+        };
         let e = g.enis.get_mut(&opts.eni_id).expect("checked above");
         e.secondary_ips.extend(ips.iter().copied());
-        Ok(AssignedAddresses {
-            ips,
-            prefixes: Vec::new(),
-        })
+        e.prefixes.extend(prefixes.iter().copied());
+        Ok(AssignedAddresses { ips, prefixes })
     }
 
     async fn unassign_addresses(
@@ -303,8 +349,10 @@ impl CloudProvider for FakeCloud {
         let mut g = self.lock();
         if let Some(e) = g.enis.get_mut(&opts.eni_id) {
             e.secondary_ips.retain(|a| !opts.ips.contains(a));
+            e.prefixes.retain(|p| !opts.prefixes.contains(p));
         }
-        g.used.retain(|a| !opts.ips.contains(a));
+        g.used
+            .retain(|a| !opts.ips.contains(a) && !opts.prefixes.iter().any(|p| p.contains(a)));
         Ok(())
     }
 

@@ -402,3 +402,62 @@ async fn detached_enis_of_the_cluster_are_deleted_after_the_grace() {
         "another cluster's ENI is never touched"
     );
 }
+
+#[tokio::test]
+async fn prefix_mode_hands_out_members_of_prefixes() {
+    let hs = Harness::new(FakeCloud::new(3, 10, &[("vsw-1", "10.0.0.0/24")]));
+    let mut s = settings(4, 40, &["vsw-1"]);
+    s.targets.prefix_mode = true;
+    let (h, _t) = hs.start(s).await;
+    let mut ips = BTreeSet::new();
+    for i in 0..20 {
+        ips.insert(h.allocate(req(&format!("c{i}"))).await.unwrap().alloc.ip);
+    }
+    assert_eq!(ips.len(), 20);
+    let enis = hs.cloud.enis();
+    let prefixes: Vec<ipnet::Ipv4Net> = enis.iter().flat_map(|e| e.prefixes.clone()).collect();
+    assert!(!prefixes.is_empty(), "the pool asked for prefixes");
+    assert!(
+        enis.iter().all(|e| e.secondary_ips.is_empty()),
+        "no single secondary addresses in prefix mode"
+    );
+    for ip in &ips {
+        assert!(
+            prefixes.iter().any(|p| p.contains(ip)),
+            "{ip} is a member of an assigned prefix"
+        );
+    }
+    // 20 pods + 4 idle need 2 prefixes (32 addresses); one create carries them.
+    assert_eq!(prefixes.len(), 2, "{prefixes:?}");
+    assert_eq!(hs.cloud.calls("CreateNetworkInterface"), 1);
+}
+
+#[tokio::test]
+async fn an_allocation_whose_namespace_is_gone_is_released_after_the_grace() {
+    let hs = Harness::new(FakeCloud::new(3, 10, &[("vsw-1", "10.0.0.0/24")]));
+    let mut s = settings(1, 5, &["vsw-1"]);
+    s.gc_interval = Duration::from_millis(50);
+    s.gc_grace = Duration::from_millis(150);
+    let (h, _t) = hs.start(s).await;
+    let mut gone = req("pod-gone");
+    gone.netns = "/var/run/netns/eni-manager-test-no-such-namespace".into();
+    let g = h.allocate(gone.clone()).await.unwrap();
+    let live = h.allocate(req("pod-live")).await.unwrap();
+    wait_for(&h, "the stale allocation released", |s| {
+        s.enis
+            .iter()
+            .flat_map(|v| v.allocations.iter())
+            .all(|a| a.key != gone.key)
+    })
+    .await;
+    assert_eq!(
+        h.check(gone.key).await.unwrap_err().reason,
+        Reason::NotFound
+    );
+    assert_eq!(
+        h.check(req("pod-live").key).await.unwrap().alloc.ip,
+        live.alloc.ip,
+        "a pod whose namespace exists keeps its address"
+    );
+    let _ = g;
+}
