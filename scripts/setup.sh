@@ -8,6 +8,7 @@ APT_PACKAGES=(
   iputils-ping    # ping across test namespaces
   procps          # sysctl, ps
   python3-pip     # for moto_server
+  python3-yaml    # deploy/bootstrap/test.sh parses the YAML it writes
   ca-certificates
   curl
   containernetworking-plugins  # reference CNI plugins (portmap, bandwidth) for chaining tests
@@ -15,6 +16,7 @@ APT_PACKAGES=(
   busybox-static  # the VM's shell
   kmod            # depmod/modprobe to pick the VM's modules
   cpio            # the VM's initramfs
+  clang llvm libbpf-dev linux-libc-dev  # bpf/build.rs: clang -target bpf, <bpf/bpf_helpers.h>, <linux/bpf.h>
 )
 
 need_root() {

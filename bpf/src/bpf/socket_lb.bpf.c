@@ -1,0 +1,224 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+//
+// Socket-level Service load balancing (IPv4) for cgroup v2 socket hooks.
+//
+// connect4  : TCP and UDP connect() to a ClusterIP:port is rewritten to a backend.
+// sendmsg4  : unconnected UDP sendto() gets the same translation, per message.
+// recvmsg4  : UDP replies from a backend are shown as coming from the ClusterIP:port.
+// getpeername4: getpeername() on a translated socket returns the ClusterIP:port.
+//
+// The map layouts are mirrored by `bpf/src/maps.rs` (#[repr(C)], explicit padding);
+// change both together. Every address and port is in network byte order.
+
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+
+#define AF_INET 2
+
+#define BACKEND_ACTIVE 1
+#define BACKEND_TERMINATING 2
+
+#define NSEC_PER_SEC 1000000000ULL
+
+struct svc_key {
+	__u32 vip;
+	__u16 port;
+	__u8 proto;
+	__u8 pad;
+};
+
+struct svc_val {
+	__u32 id;
+	__u16 backend_count; /* slots [0, backend_count) exist */
+	__u16 active_count;  /* slots [0, active_count) are ACTIVE, the rest TERMINATING */
+	__u32 affinity_timeout_s; /* 0: no session affinity */
+	__u32 flags;
+};
+
+struct be_key {
+	__u32 svc_id;
+	__u32 slot;
+};
+
+struct be_val {
+	__u32 ip;
+	__u16 port;
+	__u8 state;
+	__u8 pad;
+};
+
+struct aff_key {
+	__u64 netns_cookie;
+	__u32 svc_id;
+	__u32 pad;
+};
+
+struct aff_val {
+	__u64 last_used_ns;
+	__u32 ip;
+	__u16 port;
+	__u16 slot;
+};
+
+struct rev_key {
+	__u64 cookie;
+	__u32 backend_ip;
+	__u16 backend_port;
+	__u16 pad;
+};
+
+/* rev_nat's value is the service key the socket was translated from. */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct svc_key);
+	__type(value, struct svc_val);
+} lb4_services SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct be_key);
+	__type(value, struct be_val);
+} lb4_backends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct aff_key);
+	__type(value, struct aff_val);
+} lb4_affinity SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 131072);
+	__type(key, struct rev_key);
+	__type(value, struct svc_key);
+} lb4_rev_nat SEC(".maps");
+
+/* Returns 1 to let the call go on (translated or not), 0 to refuse it (EPERM). */
+static __always_inline int translate(struct bpf_sock_addr *ctx)
+{
+	if (ctx->user_family != AF_INET)
+		return 1;
+	__u32 proto = ctx->protocol;
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+		return 1;
+
+	struct svc_key sk = {};
+	sk.vip = ctx->user_ip4;
+	sk.port = (__u16)ctx->user_port;
+	sk.proto = (__u8)proto;
+
+	struct svc_val *svcp = bpf_map_lookup_elem(&lb4_services, &sk);
+	if (!svcp)
+		return 1;
+	struct svc_val svc = *svcp;
+	if (svc.active_count == 0)
+		return 0; /* a Service without ready endpoints refuses, like kube-proxy's REJECT */
+
+	__u64 now = bpf_ktime_get_ns();
+	struct be_key bk = {};
+	bk.svc_id = svc.id;
+	struct be_val be = {};
+	__u32 slot = 0;
+	int found = 0;
+
+	struct aff_key ak = {};
+	if (svc.affinity_timeout_s) {
+		ak.netns_cookie = bpf_get_netns_cookie(ctx);
+		ak.svc_id = svc.id;
+		struct aff_val *av = bpf_map_lookup_elem(&lb4_affinity, &ak);
+		if (av && now - av->last_used_ns <= (__u64)svc.affinity_timeout_s * NSEC_PER_SEC &&
+		    av->slot < svc.active_count) {
+			bk.slot = av->slot;
+			struct be_val *b = bpf_map_lookup_elem(&lb4_backends, &bk);
+			/* The slot must still hold the same, still active backend. */
+			if (b && b->state == BACKEND_ACTIVE && b->ip == av->ip && b->port == av->port) {
+				be = *b;
+				slot = av->slot;
+				found = 1;
+			}
+		}
+	}
+
+	if (!found) {
+		slot = bpf_get_prandom_u32() % svc.active_count;
+		bk.slot = slot;
+		struct be_val *b = bpf_map_lookup_elem(&lb4_backends, &bk);
+		if (!b)
+			return 1; /* cannot happen: slots are written before the count */
+		be = *b;
+	}
+
+	if (svc.affinity_timeout_s) {
+		struct aff_val nv = {};
+		nv.last_used_ns = now;
+		nv.ip = be.ip;
+		nv.port = be.port;
+		nv.slot = (__u16)slot;
+		bpf_map_update_elem(&lb4_affinity, &ak, &nv, BPF_ANY);
+	}
+
+	struct rev_key rk = {};
+	rk.cookie = bpf_get_socket_cookie(ctx);
+	rk.backend_ip = be.ip;
+	rk.backend_port = be.port;
+	bpf_map_update_elem(&lb4_rev_nat, &rk, &sk, BPF_ANY);
+
+	ctx->user_ip4 = be.ip;
+	ctx->user_port = be.port;
+	return 1;
+}
+
+SEC("cgroup/connect4")
+int sock4_connect(struct bpf_sock_addr *ctx)
+{
+	return translate(ctx);
+}
+
+SEC("cgroup/sendmsg4")
+int sock4_sendmsg(struct bpf_sock_addr *ctx)
+{
+	return translate(ctx);
+}
+
+/* Shared by recvmsg4 and getpeername4: show the service address instead of the backend's. */
+static __always_inline void reverse(struct bpf_sock_addr *ctx, int drop_stale)
+{
+	if (ctx->user_family != AF_INET)
+		return;
+	struct rev_key rk = {};
+	rk.cookie = bpf_get_socket_cookie(ctx);
+	rk.backend_ip = ctx->user_ip4;
+	rk.backend_port = (__u16)ctx->user_port;
+	struct svc_key *orig = bpf_map_lookup_elem(&lb4_rev_nat, &rk);
+	if (!orig)
+		return;
+	struct svc_key sk = *orig;
+	if (drop_stale && !bpf_map_lookup_elem(&lb4_services, &sk)) {
+		/* The service is gone: forget the translation, show the real source. */
+		bpf_map_delete_elem(&lb4_rev_nat, &rk);
+		return;
+	}
+	ctx->user_ip4 = sk.vip;
+	ctx->user_port = sk.port;
+}
+
+SEC("cgroup/recvmsg4")
+int sock4_recvmsg(struct bpf_sock_addr *ctx)
+{
+	reverse(ctx, 1);
+	return 1;
+}
+
+SEC("cgroup/getpeername4")
+int sock4_getpeername(struct bpf_sock_addr *ctx)
+{
+	reverse(ctx, 0);
+	return 1;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

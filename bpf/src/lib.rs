@@ -1,0 +1,30 @@
+//! eBPF datapath for Service load balancing at the socket layer.
+//!
+//! - `src/bpf/socket_lb.bpf.c`: the cgroup hooks `connect4`, `sendmsg4`, `recvmsg4`,
+//!   `getpeername4` (compiled by `build.rs`, embedded in this library).
+//! - [`maps`]: the `#[repr(C)]` key/value types, the only place their layout is written.
+//! - [`service`]: the caller-facing types, the [`DatapathMaps`] trait and the incremental
+//!   update planner.
+//! - [`SocketLb`]: the aya loader — pinned maps, pinned links, map updates.
+//! - [`terminate_udp_sockets_to`]: moves connected UDP sockets off a removed backend.
+//!
+//! It does not decide what the services are (the manager's reconciler does) and does not
+//! handle traffic a socket hook cannot see (NodePort, tc: elsewhere).
+
+#![deny(missing_docs)]
+
+mod error;
+#[cfg(any(test, feature = "fake"))]
+pub mod fake;
+pub mod maps;
+pub mod service;
+mod socket_lb;
+mod sockterm;
+
+pub use error::BpfError;
+pub use service::{
+    Backend, BackendState, DatapathMaps, MapOp, Protocol, ServiceEntry, ServiceKey, ServiceSpec,
+    UpsertOutcome,
+};
+pub use socket_lb::{unpin_all, SocketLb, DEFAULT_PIN_DIR, PROGRAMS};
+pub use sockterm::{terminate_udp_sockets_in, terminate_udp_sockets_to};

@@ -1,0 +1,324 @@
+//! `SocketLb`: loads the embedded socket-LB object with its maps pinned (adopting maps a
+//! previous loader pinned), attaches the four hooks to a cgroup with pinned bpf_links, and
+//! applies service plans to the maps. It owns the kernel side of this crate; the planning
+//! lives in [`crate::service`].
+//!
+//! Pin layout under `pin_dir` (default [`DEFAULT_PIN_DIR`]):
+//! `lb4_services`, `lb4_backends`, `lb4_affinity`, `lb4_rev_nat` (maps) and
+//! `links/cgroup-<inode>/<program>` (one bpf_link per hook and cgroup; the inode is the
+//! cgroup directory's, `stat -c %i <cgroup dir>`; bpffs holds no plain files).
+
+use std::{
+    collections::BTreeSet,
+    fs::{self, File},
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    include_bytes_aligned,
+    maps::{HashMap, Map, MapData, MapError, MapInfo},
+    programs::{links::FdLink, links::PinnedLink, CgroupAttachMode, CgroupSockAddr},
+    Ebpf, EbpfLoader,
+};
+
+use crate::{
+    error::BpfError,
+    maps::{expected_sizes, BeKey, BeVal, SvcKey, SvcVal, ALL_MAPS, BACKENDS_MAP, SERVICES_MAP},
+    service::{self, DatapathMaps, MapOp, RawTables, ServiceEntry, ServiceKey, ServiceSpec},
+    UpsertOutcome,
+};
+
+/// Where maps and links are pinned unless told otherwise.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/eni-net";
+
+/// The programs of the object (function names in `socket_lb.bpf.c`).
+pub const PROGRAMS: [&str; 4] = [
+    "sock4_connect",
+    "sock4_sendmsg",
+    "sock4_recvmsg",
+    "sock4_getpeername",
+];
+
+static SOCKET_LB_OBJ: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/socket_lb.bpf.o"));
+
+/// The loaded socket-LB datapath and its (pinned) maps.
+#[derive(Debug)]
+pub struct SocketLb {
+    bpf: Ebpf,
+    pin_dir: PathBuf,
+    services: HashMap<MapData, SvcKey, SvcVal>,
+    backends: HashMap<MapData, BeKey, BeVal>,
+    ids: BTreeSet<u32>,
+}
+
+fn map_err(map: &'static str, op: &'static str) -> impl Fn(MapError) -> BpfError {
+    move |e| BpfError::map(map, op, e)
+}
+
+fn prog_err(
+    program: &'static str,
+    op: &'static str,
+) -> impl Fn(aya::programs::ProgramError) -> BpfError {
+    move |e| BpfError::Program {
+        program,
+        op,
+        source: Box::new(e),
+    }
+}
+
+fn take_hash<K: aya::Pod, V: aya::Pod>(
+    bpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<HashMap<MapData, K, V>, BpfError> {
+    let map: Map = bpf
+        .take_map(name)
+        .ok_or(BpfError::MissingMap { map: name })?;
+    HashMap::try_from(map).map_err(map_err(name, "open"))
+}
+
+impl SocketLb {
+    /// Loads the programs, re-using maps already pinned under `pin_dir` (their contents
+    /// are kept: the datapath never sees an empty table across a manager restart) or
+    /// creating and pinning them. Programs are loaded but not attached; see [`Self::attach`].
+    pub fn load_or_adopt(pin_dir: impl AsRef<Path>) -> Result<Self, BpfError> {
+        let pin_dir = pin_dir.as_ref().to_path_buf();
+        fs::create_dir_all(&pin_dir).map_err(|e| BpfError::io("create pin dir", &pin_dir, e))?;
+        let fs = nix::sys::statfs::statfs(&pin_dir)
+            .map_err(|e| BpfError::io("statfs", &pin_dir, e.into()))?;
+        if fs.filesystem_type() != nix::sys::statfs::BPF_FS_MAGIC {
+            return Err(BpfError::NotBpffs { path: pin_dir });
+        }
+
+        // A pinned map of another layout would be silently adopted by the loader: refuse.
+        let mut loader = EbpfLoader::new();
+        let paths: Vec<(&'static str, PathBuf)> =
+            ALL_MAPS.iter().map(|m| (*m, pin_dir.join(m))).collect();
+        for (name, path) in &paths {
+            if path.exists() {
+                let info = MapInfo::from_pin(path).map_err(map_err(name, "info"))?;
+                let found = (info.key_size(), info.value_size());
+                let expected = expected_sizes(name).unwrap_or(found);
+                if found != expected {
+                    return Err(BpfError::IncompatiblePin {
+                        path: path.clone(),
+                        found,
+                        expected,
+                    });
+                }
+            }
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut bpf = loader.load(SOCKET_LB_OBJ).map_err(|e| BpfError::Load {
+            pin_dir: pin_dir.clone(),
+            source: Box::new(e),
+        })?;
+
+        for name in PROGRAMS {
+            let prog: &mut CgroupSockAddr = bpf
+                .program_mut(name)
+                .ok_or_else(|| {
+                    prog_err(name, "find")(aya::programs::ProgramError::UnexpectedProgramType)
+                })?
+                .try_into()
+                .map_err(prog_err(name, "convert"))?;
+            prog.load().map_err(prog_err(name, "load"))?;
+        }
+
+        let services = take_hash(&mut bpf, SERVICES_MAP)?;
+        let backends = take_hash(&mut bpf, BACKENDS_MAP)?;
+        let mut lb = Self {
+            bpf,
+            pin_dir,
+            services,
+            backends,
+            ids: BTreeSet::new(),
+        };
+        lb.ids = service::used_ids(&lb)?;
+        Ok(lb)
+    }
+
+    /// The pin directory.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    fn link_dir(&self, cgroup: &Path) -> Result<PathBuf, BpfError> {
+        let meta = fs::metadata(cgroup).map_err(|e| BpfError::io("stat cgroup", cgroup, e))?;
+        Ok(self
+            .pin_dir
+            .join("links")
+            .join(format!("cgroup-{}", meta.ino())))
+    }
+
+    /// Attaches the four hooks to the cgroup v2 directory `cgroup` as bpf_links and pins
+    /// the links under `pin_dir/links/cgroup-<inode>/`, so they stay attached after this
+    /// process exits. Idempotent: hooks whose link pin exists are left as they are.
+    /// Returns how many hooks were newly attached.
+    pub fn attach(&mut self, cgroup: impl AsRef<Path>) -> Result<usize, BpfError> {
+        let cgroup = cgroup.as_ref();
+        let dir = self.link_dir(cgroup)?;
+        fs::create_dir_all(&dir).map_err(|e| BpfError::io("create link dir", &dir, e))?;
+        let cg = File::open(cgroup).map_err(|e| BpfError::io("open cgroup", cgroup, e))?;
+        let mut attached = 0;
+        for name in PROGRAMS {
+            let pin = dir.join(name);
+            if pin.exists() && PinnedLink::from_pin(&pin).is_ok() {
+                continue;
+            }
+            let _ = fs::remove_file(&pin);
+            let prog: &mut CgroupSockAddr = self
+                .bpf
+                .program_mut(name)
+                .ok_or_else(|| {
+                    prog_err(name, "find")(aya::programs::ProgramError::UnexpectedProgramType)
+                })?
+                .try_into()
+                .map_err(prog_err(name, "convert"))?;
+            // bpf_link attachments always allow other programs on the cgroup.
+            let id = prog
+                .attach(&cg, CgroupAttachMode::Single)
+                .map_err(prog_err(name, "attach"))?;
+            let link = prog.take_link(id).map_err(prog_err(name, "take link"))?;
+            let fd: FdLink = link.try_into().map_err(|e| BpfError::Link {
+                program: name,
+                op: "into fd link",
+                source: Box::new(e),
+            })?;
+            fd.pin(&pin).map_err(|e| BpfError::LinkPin {
+                program: name,
+                path: pin.clone(),
+                source: Box::new(e),
+            })?;
+            attached += 1;
+        }
+        Ok(attached)
+    }
+
+    /// Detaches the hooks from `cgroup` by removing their link pins (a bpf_link with no pin
+    /// and no open file descriptor is released by the kernel). Same as
+    /// `rm -r <pin_dir>/links/cgroup-<inode>`. Keeps going past errors, returns the first.
+    pub fn detach(&self, cgroup: impl AsRef<Path>) -> Result<(), BpfError> {
+        let dir = self.link_dir(cgroup.as_ref())?;
+        remove_link_dir(&dir)
+    }
+}
+
+fn remove_link_dir(dir: &Path) -> Result<(), BpfError> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    let mut first = None;
+    let entries = fs::read_dir(dir).map_err(|e| BpfError::io("read link dir", dir, e))?;
+    for entry in entries.flatten() {
+        let p = entry.path();
+        if let Err(e) = fs::remove_file(&p) {
+            first.get_or_insert(BpfError::io("unpin", p, e));
+        }
+    }
+    if let Err(e) = fs::remove_dir(dir) {
+        first.get_or_insert(BpfError::io("remove link dir", dir, e));
+    }
+    first.map_or(Ok(()), Err)
+}
+
+/// Removes everything pinned under `pin_dir`: every link (detaching the hooks from every
+/// cgroup) and every map (their contents are lost once no program uses them). For
+/// uninstall and tests; a running [`SocketLb`] keeps its own references.
+pub fn unpin_all(pin_dir: impl AsRef<Path>) -> Result<(), BpfError> {
+    let pin_dir = pin_dir.as_ref();
+    let mut first = None;
+    let links = pin_dir.join("links");
+    if let Ok(entries) = fs::read_dir(&links) {
+        for entry in entries.flatten() {
+            if let Err(e) = remove_link_dir(&entry.path()) {
+                first.get_or_insert(e);
+            }
+        }
+        if let Err(e) = fs::remove_dir(&links) {
+            first.get_or_insert(BpfError::io("remove", &links, e));
+        }
+    }
+    for m in ALL_MAPS {
+        let p = pin_dir.join(m);
+        if p.exists() {
+            if let Err(e) = fs::remove_file(&p) {
+                first.get_or_insert(BpfError::io("unpin", p, e));
+            }
+        }
+    }
+    if pin_dir.exists() {
+        if let Err(e) = fs::remove_dir(pin_dir) {
+            first.get_or_insert(BpfError::io("remove", pin_dir, e));
+        }
+    }
+    first.map_or(Ok(()), Err)
+}
+
+fn absent_is_none<V>(r: Result<V, MapError>) -> Result<Option<V>, MapError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(MapError::KeyNotFound) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+impl RawTables for SocketLb {
+    fn get_service(&self, key: &SvcKey) -> Result<Option<SvcVal>, BpfError> {
+        absent_is_none(self.services.get(key, 0)).map_err(map_err(SERVICES_MAP, "lookup"))
+    }
+
+    fn get_backend(&self, key: &BeKey) -> Result<Option<BeVal>, BpfError> {
+        absent_is_none(self.backends.get(key, 0)).map_err(map_err(BACKENDS_MAP, "lookup"))
+    }
+
+    fn all_services(&self) -> Result<Vec<(SvcKey, SvcVal)>, BpfError> {
+        self.services
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(SERVICES_MAP, "iterate"))
+    }
+
+    fn apply(&mut self, op: &MapOp) -> Result<(), BpfError> {
+        match op {
+            MapOp::PutService(k, v) => self
+                .services
+                .insert(k, v, 0)
+                .map_err(map_err(SERVICES_MAP, "update")),
+            MapOp::DeleteService(k) => absent_is_none(self.services.remove(k))
+                .map(|_| ())
+                .map_err(map_err(SERVICES_MAP, "delete")),
+            MapOp::PutBackend(k, v) => self
+                .backends
+                .insert(k, v, 0)
+                .map_err(map_err(BACKENDS_MAP, "update")),
+            MapOp::DeleteBackend(k) => absent_is_none(self.backends.remove(k))
+                .map(|_| ())
+                .map_err(map_err(BACKENDS_MAP, "delete")),
+        }
+    }
+}
+
+impl DatapathMaps for SocketLb {
+    fn upsert_service(
+        &mut self,
+        key: ServiceKey,
+        spec: &ServiceSpec,
+    ) -> Result<UpsertOutcome, BpfError> {
+        let mut ids = std::mem::take(&mut self.ids);
+        let r = service::upsert(self, &mut ids, key, spec);
+        self.ids = ids;
+        r
+    }
+
+    fn delete_service(&mut self, key: ServiceKey) -> Result<bool, BpfError> {
+        let mut ids = std::mem::take(&mut self.ids);
+        let r = service::delete(self, &mut ids, key);
+        self.ids = ids;
+        r
+    }
+
+    fn list(&self) -> Result<Vec<ServiceEntry>, BpfError> {
+        service::list(self)
+    }
+}
