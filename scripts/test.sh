@@ -19,6 +19,10 @@ echo "== cargo build (binaries the black-box tests start)"
 cargo build --workspace --bins --locked
 echo "== cargo test"
 cargo test --workspace --all-features --locked -- --test-threads="${TEST_THREADS:-4}"
+echo "== Helm chart checks (offline: lint, render, Kubernetes schemas, yamllint)"
+bash helm/check.sh
+echo "== node bootstrap test (under a temporary --root; no systemctl)"
+bash deploy/bootstrap/test.sh
 if [ "$(id -u)" -eq 0 ]; then
   echo "== VM tests (IPVLAN on Debian's stock kernel under qemu)"
   bash integration/vm/tests.sh

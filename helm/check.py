@@ -1,0 +1,461 @@
+#!/usr/bin/env python3
+"""Offline checks of the eni-net chart (run through helm/check.sh, which installs the tools).
+
+1. `helm lint --strict` of the chart with each CI values file (helm-python-sdk, no binary).
+2. Render with each CI values file; validate every object against the Kubernetes schemas
+   (kubernetes-validate, strict: unknown fields are errors) for the oldest Kubernetes the
+   chart supports and the newest the validator knows. The ServiceMonitor is a CRD kind with
+   no bundled schema: it is skipped, by name, with a note.
+3. What the rendered objects must say for each values file (credentials wiring, mounts,
+   probes, the conflist, the manager's configuration); with an eni-manager binary at hand
+   (ENI_MANAGER_BIN or target/debug/eni-manager), `eni-manager --check-config` on each
+   rendered configuration.
+4. Rendering without the required values (and with values that cannot work) fails with a
+   message naming each problem.
+5. The cni-config program writes the conflist only once /readyz answers 200 (run against a
+   local HTTP server standing in for the manager).
+6. yamllint of the values files and of the rendered output; every value is in the README.
+
+Prints `helm: N passed, M failed` and exits 1 if anything failed.
+"""
+
+from __future__ import annotations
+
+import glob
+import http.server
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from pathlib import Path
+
+import helm_python as helm
+import kubernetes_validate
+import yaml
+
+HERE = Path(__file__).resolve().parent
+CHART = HERE / "eni-net"
+CI = HERE / "ci"
+REPO = HERE.parent
+NAMESPACE = "kube-system"
+RELEASE = "eni-net"
+# The chart's kubeVersion floor and the newest schemas the validator bundles.
+KUBE_VERSIONS = ["1.26.0", kubernetes_validate.utils.latest_version()]
+# Kinds without a bundled schema, skipped explicitly (anything else unknown is a failure).
+SKIP_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+
+passed = 0
+failed = 0
+
+
+def check(name: str, fn) -> None:
+    """Runs one check; an exception or an AssertionError is a failure."""
+    global passed, failed
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001 - every failure is reported, then counted
+        failed += 1
+        print(f"FAIL {name}: {e}")
+        if not isinstance(e, AssertionError):
+            traceback.print_exc(limit=2)
+    else:
+        passed += 1
+        print(f"ok   {name}")
+
+
+def load_values(path: Path) -> dict:
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def render(values: dict) -> dict[str, str]:
+    chart = helm.Chart.load(str(CHART))
+    return chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+
+
+def objects(manifests: dict[str, str]) -> list[dict]:
+    out = []
+    for path, text in sorted(manifests.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                out.append(doc)
+    return out
+
+
+def by_kind(objs: list[dict], kind: str) -> list[dict]:
+    return [o for o in objs if o.get("kind") == kind]
+
+
+def one(objs: list[dict], kind: str) -> dict:
+    found = by_kind(objs, kind)
+    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+def container(ds: dict, name: str, init: bool = False) -> dict:
+    spec = ds["spec"]["template"]["spec"]
+    for c in spec["initContainers" if init else "containers"]:
+        if c["name"] == name:
+            return c
+    raise AssertionError(f"no container {name}")
+
+
+def env_names(c: dict) -> set[str]:
+    return {e["name"] for e in c.get("env", [])}
+
+
+CI_FILES = sorted(CI.glob("*.yaml"))
+
+
+def lint(values_file: Path) -> None:
+    report = helm.lint(
+        str(CHART), load_values(values_file), strict=True, namespace=NAMESPACE
+    )
+    problems = [m for m in report.get("messages", []) if m.get("severity", 0) >= 2]
+    problems += [{"error": e} for e in report.get("errors", [])]
+    assert report.get("total_charts_linted") == 1, f"linted {report.get('total_charts_linted')} charts"
+    assert not problems, "; ".join(f"{m.get('path', '')}: {m['error']}" for m in problems)
+
+
+def validate_schemas(values_file: Path) -> None:
+    objs = objects(render(load_values(values_file)))
+    assert objs, "nothing rendered"
+    errors = []
+    for obj in objs:
+        key = (obj.get("apiVersion"), obj.get("kind"))
+        name = f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
+        if key in SKIP_KINDS:
+            print(f"     note: {values_file.name}: {name} not schema-validated "
+                  f"({key[0]} is a CRD with no bundled schema)")
+            continue
+        for version in KUBE_VERSIONS:
+            try:
+                kubernetes_validate.validate(obj, version, strict=True)
+            except kubernetes_validate.ValidationError as e:
+                path = ".".join(str(p) for p in e.path)
+                errors.append(f"{name} (Kubernetes {version}): {path}: {e.message}")
+            except kubernetes_validate.SchemaNotFoundError as e:
+                errors.append(f"{name} (Kubernetes {version}): no schema: {e}")
+    assert not errors, "\n  ".join(errors)
+
+
+def manager_bin() -> str | None:
+    cand = os.environ.get("ENI_MANAGER_BIN") or str(REPO / "target" / "debug" / "eni-manager")
+    return cand if os.access(cand, os.X_OK) else None
+
+
+def semantics(values_file: Path) -> None:
+    values = load_values(values_file)
+    objs = objects(render(values))
+    provider = values["config"]["cloud"]["provider"]
+    source = values.get("credentials", {}).get("source") or (
+        "ramRole" if provider == "aliyun" else "instanceProfile")
+    ds = one(objs, "DaemonSet")
+    spec = ds["spec"]["template"]["spec"]
+    assert spec["hostNetwork"] is True and spec["dnsPolicy"] == "Default"
+    assert spec["priorityClassName"] == "system-node-critical"
+    assert {"operator": "Exists"} in spec["tolerations"], "must tolerate every taint"
+    mgr = container(ds, "eni-manager")
+    assert mgr["args"] == ["--config", "/etc/eni-manager/config.yaml"]
+    assert mgr["securityContext"]["privileged"] is True
+    assert mgr["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert mgr["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert "requests" in mgr["resources"] and "limits" in mgr["resources"]
+    mounts = {m["mountPath"]: m for m in mgr["volumeMounts"]}
+    for p in ["/etc/eni-manager", "/run/eni-manager", "/var/lib/eni-manager", "/var/run/netns"]:
+        assert p in mounts, f"manager lacks mount {p}"
+    assert mounts["/var/run/netns"]["mountPropagation"] == "HostToContainer"
+    vols = {v["name"]: v for v in spec["volumes"]}
+    assert vols["state-dir"]["hostPath"]["type"] == "DirectoryOrCreate"
+    install = container(ds, "install-cni", init=True)
+    assert "/host/opt/cni/bin" in {m["mountPath"] for m in install["volumeMounts"]}
+    container(ds, "cni-config")
+
+    # Credentials wiring.
+    names = env_names(mgr)
+    key_env = {"aliyun": {"ALIBABA_CLOUD_ACCESS_KEY_ID", "ALIBABA_CLOUD_ACCESS_KEY_SECRET"},
+               "aws": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}}[provider]
+    secrets = by_kind(objs, "Secret")
+    sa = one(objs, "ServiceAccount")
+    annotations = sa["metadata"].get("annotations") or {}
+    if source in ("existingSecret", "values"):
+        assert key_env <= names, f"missing {key_env - names}"
+        secret_name = (values["credentials"]["existingSecret"]["name"]
+                       if source == "existingSecret" else secrets[0]["metadata"]["name"])
+        refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in mgr["env"] if "valueFrom" in e}
+        assert refs == {secret_name}, f"env refers to {refs}, not {secret_name}"
+    else:
+        assert not (key_env & names), "no access keys expected"
+    assert (len(secrets) == 1) == (source == "values"), f"{len(secrets)} Secret(s) for {source}"
+    if source == "irsa":
+        assert annotations.get("eks.amazonaws.com/role-arn") == values["credentials"]["irsa"]["roleArn"]
+    else:
+        assert "eks.amazonaws.com/role-arn" not in annotations
+
+    # The manager's configuration file.
+    cm = one(objs, "ConfigMap")
+    cfg = yaml.safe_load(cm["data"]["config.yaml"])
+    assert set(cfg) == {"cloud", "cluster", "network", "pool", "gc", "daemon"}, set(cfg)
+    want_creds = {"aliyun": "ram_role" if source == "ramRole" else "env", "aws": "chain"}[provider]
+    assert cfg["cloud"]["credentials"] == want_creds, cfg["cloud"]["credentials"]
+    assert cfg["cluster"]["id"] == values["config"]["cluster"]["id"]
+    assert cfg["network"]["subnets"] == values["config"]["network"]["subnets"]
+    assert "" not in cfg["cloud"].values() and None not in cfg["pool"].values()
+    assert cfg["daemon"]["socket"] == "/run/eni-manager/eni-manager.sock"
+    port = values.get("metrics", {}).get("port", 9410)
+    assert cfg["daemon"]["metrics_address"].endswith(f":{port}")
+
+    # The conflist.
+    name = values.get("cni", {}).get("conflistName", "10-eni-net.conflist")
+    conflist = json.loads(cm["data"][name])
+    first = conflist["plugins"][0]
+    assert first["type"] == "eni-cni" and first["socket"] == cfg["daemon"]["socket"]
+    assert conflist["cniVersion"] in ("0.4.0", "1.0.0", "1.1.0")
+    cfg_env = next(e for e in container(ds, "cni-config")["env"] if e["name"] == "READYZ_URL")
+    assert cfg_env["value"] == f"http://127.0.0.1:{port}/readyz"
+
+    monitor = values.get("serviceMonitor", {}).get("enabled", False)
+    assert len(by_kind(objs, "ServiceMonitor")) == int(monitor)
+    assert len(by_kind(objs, "Service")) == int(monitor)
+
+    binary = manager_bin()
+    if binary:
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+            f.write(cm["data"]["config.yaml"])
+            f.flush()
+            env = {k: v for k, v in os.environ.items() if not k.startswith("ENI_MANAGER")}
+            r = subprocess.run([binary, "--config", f.name, "--check-config"],
+                               capture_output=True, text=True, env=env, timeout=60)
+            assert r.returncode == 0, f"eni-manager --check-config: {r.stderr.strip()}"
+    else:
+        print(f"     note: {values_file.name}: no eni-manager binary (build it or set "
+              "ENI_MANAGER_BIN); the rendered config was not checked by --check-config")
+
+
+def render_fails(values: dict, *expected: str) -> None:
+    try:
+        render(values)
+    except helm.HelmError as e:
+        msg = str(e)
+        missing = [x for x in expected if x not in msg]
+        assert not missing, f"message lacks {missing}: {msg}"
+        return
+    raise AssertionError("rendered, but should have failed")
+
+
+def required_values() -> None:
+    render_fails({}, "4 problem(s)", "image.repository is required",
+                 "config.cloud.provider is required", "config.cluster.id is required",
+                 "config.network.subnets is required")
+
+
+def bad_combinations() -> None:
+    base = load_values(CI / "aliyun-values.yaml")
+
+    def with_(patch: dict) -> dict:
+        v = json.loads(json.dumps(base))
+        for dotted, val in patch.items():
+            cur = v
+            *parents, leaf = dotted.split(".")
+            for p in parents:
+                cur = cur.setdefault(p, {})
+            cur[leaf] = val
+        return v
+
+    render_fails(with_({"credentials.source": "irsa"}), "credentials.source irsa is for aws")
+    render_fails(with_({"credentials.existingSecret.name": ""}),
+                 "credentials.existingSecret.name is required")
+    render_fails(with_({"credentials.source": "values"}),
+                 "credentials.accessKeyId and credentials.accessKeySecret are required")
+    render_fails(with_({"serviceMonitor.enabled": True}), "needs metrics.bindAddress 0.0.0.0")
+    render_fails(with_({"config.network.subnets": {"cn-hangzhou-h": []}}),
+                 "config.network.subnets is required")
+    render_fails(with_({"config.cloud.credentials": "env"}), "config.cloud.credentials is set by the chart")
+    render_fails(with_({"config.daemon": {"socket": "/tmp/x.sock"}}), "config.daemon is set by the chart")
+    render_fails(with_({"config.pool.max_idle": 1}), "config.pool.max_idle (1) is below")
+    render_fails(with_({"config.cluster.tags": {"eni-net.io/node": "x"}}), "prefix is reserved")
+    render_fails(with_({"cni.mode": "fast"}), 'cni.mode "fast"')
+    render_fails(with_({"config.cloud.provider": "gcp"}), "must be aliyun or aws")
+
+
+class _Readyz(http.server.BaseHTTPRequestHandler):
+    ready = False
+
+    def do_GET(self):  # noqa: N802 - the stdlib's name
+        code = 200 if type(self).ready and self.path == "/readyz" else 503
+        self.send_response(code)
+        self.end_headers()
+        self.wfile.write(b"ready\n" if code == 200 else b"not ready\n")
+
+    def log_message(self, *args):
+        pass
+
+
+def cni_config_waits_for_ready() -> None:
+    manifests = render(load_values(CI / "aliyun-values.yaml"))
+    cm = one(objects(manifests), "ConfigMap")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Readyz)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "src").mkdir()
+        (tmp / "net.d").mkdir()
+        src = tmp / "src" / "10-eni-net.conflist"
+        src.write_text(cm["data"]["10-eni-net.conflist"])
+        script = tmp / "cni-config.sh"
+        script.write_text(cm["data"]["cni-config.sh"])
+        dest = tmp / "net.d" / "10-eni-net.conflist"
+        env = dict(os.environ, READYZ_URL=f"http://127.0.0.1:{server.server_port}/readyz",
+                   SOURCE=str(src), HOST_CONF_DIR=str(tmp / "net.d"),
+                   CONFLIST_NAME="10-eni-net.conflist", RECHECK_SECONDS="1")
+        _Readyz.ready = False
+        proc = subprocess.Popen(["/bin/sh", str(script)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            time.sleep(3)
+            assert proc.poll() is None, f"exited early: {proc.stdout.read()}"
+            assert not dest.exists(), "conflist written before /readyz answered 200"
+            _Readyz.ready = True
+            deadline = time.time() + 10
+            while not dest.exists() and time.time() < deadline:
+                time.sleep(0.2)
+            assert dest.exists(), "conflist not written after /readyz answered 200"
+            assert dest.read_text() == src.read_text()
+            assert oct(dest.stat().st_mode & 0o777) == "0o644"
+            dest.unlink()  # someone removes it: it comes back while the manager is ready
+            deadline = time.time() + 10
+            while not dest.exists() and time.time() < deadline:
+                time.sleep(0.2)
+            assert dest.exists(), "conflist not restored"
+            leftovers = [p.name for p in (tmp / "net.d").iterdir() if p.name != dest.name]
+            assert not leftovers, f"temporary files left: {leftovers}"
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            server.shutdown()
+
+
+def install_cni_script() -> None:
+    manifests = render(load_values(CI / "aliyun-ramrole-values.yaml"))
+    cm = one(objects(manifests), "ConfigMap")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "bin").mkdir()
+        (tmp / "net.d").mkdir()
+        fake = tmp / "eni-cni"
+        fake.write_text("#!/bin/sh\necho fake\n")
+        fake.chmod(0o700)
+        (tmp / "net.d" / "10-eni-net.conflist").write_text("{}")
+        (tmp / "net.d" / "05-other.conflist").write_text("{}")
+        script = tmp / "install-cni.sh"
+        script.write_text(cm["data"]["install-cni.sh"])
+        env = dict(os.environ, CNI_BINARY=str(fake), HOST_BIN_DIR=str(tmp / "bin"),
+                   HOST_CONF_DIR=str(tmp / "net.d"), CONFLIST_NAME="10-eni-net.conflist",
+                   REMOVE_CONFIG_ON_START="true")
+        r = subprocess.run(["/bin/sh", str(script)], env=env, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        installed = tmp / "bin" / "eni-cni"
+        assert installed.read_text() == fake.read_text()
+        assert installed.stat().st_mode & 0o777 == 0o755
+        assert not (tmp / "net.d" / "10-eni-net.conflist").exists(), "stale conflist kept"
+        assert (tmp / "net.d" / "05-other.conflist").exists(), "another network's file removed"
+        assert sorted(p.name for p in (tmp / "bin").iterdir()) == ["eni-cni"]
+
+
+YAMLLINT_CONFIG = """
+extends: default
+rules:
+  document-start: disable
+  line-length: {max: 120}
+  indentation: {spaces: consistent, indent-sequences: whatever}
+  truthy: {allowed-values: ["true", "false"], check-keys: false}
+  comments: {min-spaces-from-content: 1}
+  comments-indentation: disable
+"""
+# Rendered output carries user values (image digests, ARNs) of any length.
+YAMLLINT_RENDERED_CONFIG = YAMLLINT_CONFIG.replace("line-length: {max: 120}", "line-length: disable")
+
+
+def yamllint_files() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        config = tmp / "yamllint.yaml"
+        config.write_text(YAMLLINT_CONFIG)
+        rendered_config = tmp / "yamllint-rendered.yaml"
+        rendered_config.write_text(YAMLLINT_RENDERED_CONFIG)
+        files = [str(CHART / "values.yaml"), str(CHART / "Chart.yaml")] + [str(f) for f in CI_FILES]
+        rendered = []
+        for values_file in CI_FILES:
+            out = tmp / f"rendered-{values_file.stem}.yaml"
+            manifests = render(load_values(values_file))
+            out.write_text("".join(
+                f"---\n# Source: {path}\n{text.strip()}\n"
+                for path, text in sorted(manifests.items())
+                if text.strip() and not path.endswith("NOTES.txt")))
+            rendered.append(str(out))
+        report = ""
+        for cfg, batch in ((config, files), (rendered_config, rendered)):
+            r = subprocess.run([sys.executable, "-m", "yamllint", "--strict", "-f", "parsable",
+                                "-c", str(cfg), *batch], capture_output=True, text=True)
+            if r.returncode != 0:
+                report += r.stdout + r.stderr
+        assert not report, "\n  " + report.strip().replace("\n", "\n  ")
+
+
+# Values whose content is free-form (a map passed through): listed as one row.
+FREE_FORM = {"nodeSelector", "resources", "cniResources", "updateStrategy", "affinity",
+             "podLabels", "podAnnotations", "serviceAccount.annotations", "serviceMonitor.labels",
+             "config.cluster.tags", "config.network.subnets"}
+
+
+def leaf_keys(node, prefix=""):
+    if isinstance(node, dict) and node and prefix not in FREE_FORM:
+        for k, v in node.items():
+            yield from leaf_keys(v, f"{prefix}.{k}" if prefix else k)
+    else:
+        yield prefix
+
+
+def readme_lists_values() -> None:
+    readme = (CHART / "README.md").read_text()
+    values = load_values(CHART / "values.yaml")
+    missing = [k for k in leaf_keys(values) if f"`{k}`" not in readme]
+    assert not missing, f"README.md's values table lacks {missing}"
+
+
+def scripts_parse() -> None:
+    for script in glob.glob(str(CHART / "files" / "*.sh")):
+        r = subprocess.run(["/bin/sh", "-n", script], capture_output=True, text=True)
+        assert r.returncode == 0, f"{script}: {r.stderr}"
+
+
+def main() -> int:
+    assert CI_FILES, f"no values files in {CI}"
+    print(f"helm: chart {CHART.relative_to(REPO)}, helm SDK {helm.helm_sdk_version()}, "
+          f"kubernetes-validate {kubernetes_validate.__version__} "
+          f"(schemas {', '.join(KUBE_VERSIONS)})")
+    for f in CI_FILES:
+        check(f"lint --strict with {f.name}", lambda f=f: lint(f))
+        check(f"schemas with {f.name}", lambda f=f: validate_schemas(f))
+        check(f"rendered objects with {f.name}", lambda f=f: semantics(f))
+    check("render without required values fails naming each", required_values)
+    check("render with values that cannot work fails naming the problem", bad_combinations)
+    check("scripts parse (sh -n)", scripts_parse)
+    check("install-cni installs the binary atomically", install_cni_script)
+    check("cni-config writes the conflist only once /readyz is 200", cni_config_waits_for_ready)
+    check("yamllint values files and rendered output", yamllint_files)
+    check("README lists every value", readme_lists_values)
+    print(f"helm: {passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

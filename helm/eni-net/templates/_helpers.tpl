@@ -1,0 +1,231 @@
+{{/*
+Names and labels.
+*/}}
+{{- define "eni-net.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "eni-net.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "eni-net.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "eni-net.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "eni-net.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "eni-net.labels" -}}
+helm.sh/chart: {{ include "eni-net.chart" . }}
+{{ include "eni-net.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: eni-net
+{{- end }}
+
+{{- define "eni-net.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "eni-net.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false: name an existing ServiceAccount" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "eni-net.image" -}}
+{{- $repo := .Values.image.repository }}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" $repo .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" $repo (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The credentials source after defaults: ramRole on aliyun, instanceProfile on aws.
+*/}}
+{{- define "eni-net.credentialsSource" -}}
+{{- $src := .Values.credentials.source | default "" }}
+{{- if eq $src "" }}
+{{- if eq .Values.config.cloud.provider "aws" }}instanceProfile{{ else }}ramRole{{ end }}
+{{- else }}
+{{- $src }}
+{{- end }}
+{{- end }}
+
+{{/* Whether the manager takes access keys from a Secret. */}}
+{{- define "eni-net.usesSecret" -}}
+{{- $src := include "eni-net.credentialsSource" . }}
+{{- if or (eq $src "existingSecret") (eq $src "values") }}true{{ end }}
+{{- end }}
+
+{{- define "eni-net.secretName" -}}
+{{- if eq (include "eni-net.credentialsSource" .) "existingSecret" }}
+{{- .Values.credentials.existingSecret.name }}
+{{- else }}
+{{- printf "%s-credentials" (include "eni-net.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Every problem with the values, reported at once (like the manager does with its
+configuration), then `fail`. Included by every template, so no object renders from
+values that cannot work.
+*/}}
+{{- define "eni-net.validate" -}}
+{{- $p := list }}
+{{- $v := .Values }}
+{{- if not $v.image.repository }}
+{{- $p = append $p "image.repository is required: the image holding eni-manager, eni-cni and enictl (no image is published yet; see the chart README, \"The image\")" }}
+{{- end }}
+{{- $provider := $v.config.cloud.provider | default "" }}
+{{- if not (has $provider (list "aliyun" "aws")) }}
+{{- $p = append $p (printf "config.cloud.provider is required and must be aliyun or aws (got %q)" $provider) }}
+{{- end }}
+{{- if not (trim ($v.config.cluster.id | default "" | toString)) }}
+{{- $p = append $p "config.cluster.id is required: a cluster id that tags every ENI this cluster owns, for example prod-hz-1" }}
+{{- else if gt (len (toString $v.config.cluster.id)) 128 }}
+{{- $p = append $p "config.cluster.id: at most 128 characters (it is a tag value)" }}
+{{- end }}
+{{- range $k, $_ := ($v.config.cluster.tags | default dict) }}
+{{- if hasPrefix "eni-net.io/" $k }}
+{{- $p = append $p (printf "config.cluster.tags.%s: the eni-net.io/ prefix is reserved for the manager's own tags" $k) }}
+{{- end }}
+{{- end }}
+{{- $subnets := $v.config.network.subnets | default dict }}
+{{- $anySubnet := false }}
+{{- if kindIs "map" $subnets }}
+{{- range $zone, $ids := $subnets }}
+{{- if not (kindIs "slice" $ids) }}
+{{- $p = append $p (printf "config.network.subnets.%s must be a list of vSwitch/subnet ids, like [vsw-aaa]" $zone) }}
+{{- else if gt (len $ids) 0 }}
+{{- $anySubnet = true }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if not $anySubnet }}
+{{- $p = append $p "config.network.subnets is required: the vSwitch (aliyun) or subnet (aws) ids per zone, like {cn-hangzhou-h: [vsw-aaa]}; every zone with nodes must be listed" }}
+{{- end }}
+{{- if ($v.config.network.node_network | default "kernel" | eq "none") }}
+{{- $p = append $p "config.network.node_network: none configures nothing on the node and is only for tests against emulators; remove it" }}
+{{- end }}
+{{- if hasKey $v.config "daemon" }}
+{{- $p = append $p "config.daemon is set by the chart (the socket and state directory must match the DaemonSet's host paths); use metrics.bindAddress and metrics.port for the metrics address" }}
+{{- end }}
+{{- if hasKey $v.config.cloud "credentials" }}
+{{- $p = append $p "config.cloud.credentials is set by the chart from credentials.source; set that instead" }}
+{{- end }}
+{{- $pool := $v.config.pool | default dict }}
+{{- if and (hasKey $pool "min_idle") (hasKey $pool "max_idle") }}
+{{- if lt (float64 $pool.max_idle) (float64 $pool.min_idle) }}
+{{- $p = append $p (printf "config.pool.max_idle (%v) is below config.pool.min_idle (%v); the high watermark must be at least the low one" $pool.max_idle $pool.min_idle) }}
+{{- end }}
+{{- end }}
+{{- $src := include "eni-net.credentialsSource" . }}
+{{- $known := list "ramRole" "instanceProfile" "irsa" "existingSecret" "values" }}
+{{- if not (has $src $known) }}
+{{- $p = append $p (printf "credentials.source %q is unknown; use one of ramRole (aliyun), instanceProfile (aws), irsa (aws), existingSecret, values" $src) }}
+{{- else if and (eq $provider "aliyun") (has $src (list "instanceProfile" "irsa")) }}
+{{- $p = append $p (printf "credentials.source %s is for aws; on aliyun use ramRole, existingSecret or values" $src) }}
+{{- else if and (eq $provider "aws") (eq $src "ramRole") }}
+{{- $p = append $p "credentials.source ramRole is for aliyun; on aws use instanceProfile, irsa, existingSecret or values" }}
+{{- end }}
+{{- if and (eq $src "existingSecret") (not $v.credentials.existingSecret.name) }}
+{{- $p = append $p "credentials.existingSecret.name is required when credentials.source is existingSecret" }}
+{{- end }}
+{{- if and (eq $src "values") (or (not $v.credentials.accessKeyId) (not $v.credentials.accessKeySecret)) }}
+{{- $p = append $p "credentials.accessKeyId and credentials.accessKeySecret are required when credentials.source is values" }}
+{{- end }}
+{{- if and (eq $src "irsa") (not $v.credentials.irsa.roleArn) }}
+{{- $p = append $p "credentials.irsa.roleArn is required when credentials.source is irsa (the IAM role's ARN)" }}
+{{- end }}
+{{- if and (eq $src "irsa") (not $v.serviceAccount.create) }}
+{{- $p = append $p "credentials.source irsa annotates the chart's ServiceAccount: set serviceAccount.create true, or annotate your own and use instanceProfile" }}
+{{- end }}
+{{- if not (has $v.metrics.bindAddress (list "127.0.0.1" "0.0.0.0")) }}
+{{- $p = append $p (printf "metrics.bindAddress %q: use 127.0.0.1 or 0.0.0.0 (the probes and the cni-config container reach the manager on 127.0.0.1)" $v.metrics.bindAddress) }}
+{{- end }}
+{{- if and $v.serviceMonitor.enabled (ne $v.metrics.bindAddress "0.0.0.0") }}
+{{- $p = append $p "serviceMonitor.enabled needs metrics.bindAddress 0.0.0.0: Prometheus scrapes the node's address, not 127.0.0.1" }}
+{{- end }}
+{{- if not (has $v.cni.mode (list "auto" "exclusive" "ipvlan" "veth")) }}
+{{- $p = append $p (printf "cni.mode %q: use auto, exclusive, ipvlan or veth" $v.cni.mode) }}
+{{- end }}
+{{- if not (has (toString $v.cni.cniVersion) (list "0.4.0" "1.0.0" "1.1.0")) }}
+{{- $p = append $p (printf "cni.cniVersion %q: eni-cni speaks 0.4.0, 1.0.0 and 1.1.0" (toString $v.cni.cniVersion)) }}
+{{- end }}
+{{- if not (has $v.cni.logLevel (list "error" "warn" "info" "debug")) }}
+{{- $p = append $p (printf "cni.logLevel %q: use error, warn, info or debug" $v.cni.logLevel) }}
+{{- end }}
+{{- if not (regexMatch "^[A-Za-z0-9_.-]+\\.conflist$" $v.cni.conflistName) }}
+{{- $p = append $p (printf "cni.conflistName %q must be a file name ending in .conflist" $v.cni.conflistName) }}
+{{- end }}
+{{- if $p }}
+{{- fail (printf "\n\neni-net: %d problem(s) in the values:\n  - %s\n" (len $p) (join "\n  - " $p)) }}
+{{- end }}
+{{- end }}
+
+{{/*
+A map without its empty-string and null entries, so the manager's defaults apply to them.
+*/}}
+{{- define "eni-net.compact" -}}
+{{- $out := dict }}
+{{- range $k, $val := . }}
+{{- if not (or (kindIs "invalid" $val) (and (kindIs "string" $val) (eq $val ""))) }}
+{{- $_ := set $out $k $val }}
+{{- end }}
+{{- end }}
+{{- toYaml $out }}
+{{- end }}
+
+{{/* The manager's configuration file. */}}
+{{- define "eni-net.managerConfig" -}}
+{{- $cloud := deepCopy .Values.config.cloud }}
+{{- $src := include "eni-net.credentialsSource" . }}
+{{- if eq .Values.config.cloud.provider "aliyun" }}
+{{- if eq $src "ramRole" }}
+{{- $_ := set $cloud "credentials" "ram_role" }}
+{{- else }}
+{{- $_ := set $cloud "credentials" "env" }}
+{{- end }}
+{{- else }}
+{{- $_ := set $cloud "credentials" "chain" }}
+{{- end }}
+# The eni-manager configuration (docs/configuration.md), rendered by the eni-net chart.
+cloud:
+{{- include "eni-net.compact" $cloud | nindent 2 }}
+cluster:
+{{- include "eni-net.compact" .Values.config.cluster | nindent 2 }}
+network:
+{{- include "eni-net.compact" .Values.config.network | nindent 2 }}
+pool:
+{{- include "eni-net.compact" (.Values.config.pool | default dict) | nindent 2 }}
+gc:
+{{- include "eni-net.compact" (.Values.config.gc | default dict) | nindent 2 }}
+daemon:
+  socket: /run/eni-manager/eni-manager.sock
+  state_dir: /var/lib/eni-manager
+  metrics_address: {{ printf "%s:%d" .Values.metrics.bindAddress (int .Values.metrics.port) | quote }}
+{{- end }}
+
+{{/* The CNI network configuration list. */}}
+{{- define "eni-net.conflist" -}}
+{{- $plugin := dict "type" "eni-cni" "socket" "/run/eni-manager/eni-manager.sock" "mode" .Values.cni.mode "log_level" .Values.cni.logLevel }}
+{{- if .Values.cni.logFile }}{{ $_ := set $plugin "log_file" .Values.cni.logFile }}{{ end }}
+{{- if gt (int .Values.cni.mtu) 0 }}{{ $_ := set $plugin "mtu" (int .Values.cni.mtu) }}{{ end }}
+{{- if gt (int .Values.cni.timeoutMs) 0 }}{{ $_ := set $plugin "timeout_ms" (int .Values.cni.timeoutMs) }}{{ end }}
+{{- if .Values.cni.exclusiveEniCapability }}{{ $_ := set $plugin "capabilities" (dict "exclusiveEni" true) }}{{ end }}
+{{- $plugins := prepend (.Values.cni.chainedPlugins | default list) $plugin }}
+{{- dict "cniVersion" (toString .Values.cni.cniVersion) "name" .Values.cni.networkName "plugins" $plugins | toPrettyJson }}
+{{- end }}
