@@ -237,9 +237,24 @@ fn life_cycle_against_moto() {
         allocs[0].ip
     );
 
-    let s = m.status();
+    // The pool refills behind the allocations: compare once no assign is between the two
+    // views (the manager records an assign's addresses when the cloud's answer arrives).
+    let settle = std::time::Instant::now();
+    let (s, enis) = loop {
+        let s = m.status();
+        let enis = rt.block_on(tagged_enis(&p, &instance));
+        let agree = enis.iter().all(|(id, _, _, addrs)| {
+            s.pool.enis.iter().any(|e| {
+                e.eni_id == *id
+                    && e.ips.iter().map(|i| i.ip).collect::<BTreeSet<Ipv4Addr>>() == *addrs
+            })
+        }) && enis.len() == s.pool.enis.len();
+        if agree || settle.elapsed() > Duration::from_secs(10) {
+            break (s, enis);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert_eq!(s.pool.allocated, 12);
-    let enis = rt.block_on(tagged_enis(&p, &instance));
     let ids: BTreeSet<&str> = enis.iter().map(|e| e.0.as_str()).collect();
     let mine: BTreeSet<&str> = s.pool.enis.iter().map(|e| e.eni_id.as_str()).collect();
     assert_eq!(ids, mine, "moto ENIs tagged for the node vs the manager's");
