@@ -284,6 +284,7 @@ pub struct Manager {
     leaving_retry_at: HashMap<String, Instant>,
     orphans: HashMap<String, Instant>,
     orphan_scan_running: bool,
+    orphan_scan_at: Option<Instant>,
     metrics: Arc<Metrics>,
     tx: mpsc::Sender<Msg>,
     rx: mpsc::Receiver<Msg>,
@@ -363,6 +364,7 @@ impl Manager {
             leaving_retry_at: HashMap::new(),
             orphans: HashMap::new(),
             orphan_scan_running: false,
+            orphan_scan_at: None,
             metrics,
             tx: tx.clone(),
             rx,
@@ -1415,11 +1417,18 @@ impl Manager {
     }
 
     /// Lists the cluster's ENIs (every node's) in the background, for `remove_orphans`.
+    ///
+    /// Every node of the cluster scans, so a scan runs at most once per half grace period
+    /// (default every 5 minutes), not on every GC pass: a thousand nodes then cost the
+    /// cloud API a few calls a second, not a thousand a minute.
     fn start_orphan_scan(&mut self) {
-        if self.orphan_scan_running {
+        let every = (self.settings.orphan_grace / 2).max(self.settings.gc_interval);
+        if self.orphan_scan_running || self.orphan_scan_at.is_some_and(|t| t.elapsed() < every)
+        {
             return;
         }
         self.orphan_scan_running = true;
+        self.orphan_scan_at = Some(Instant::now());
         let provider = self.ctx.provider.clone();
         let tx = self.tx.clone();
         let mut tags = BTreeMap::new();
