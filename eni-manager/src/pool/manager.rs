@@ -1423,8 +1423,7 @@ impl Manager {
     /// cloud API a few calls a second, not a thousand a minute.
     fn start_orphan_scan(&mut self) {
         let every = (self.settings.orphan_grace / 2).max(self.settings.gc_interval);
-        if self.orphan_scan_running || self.orphan_scan_at.is_some_and(|t| t.elapsed() < every)
-        {
+        if self.orphan_scan_running || self.orphan_scan_at.is_some_and(|t| t.elapsed() < every) {
             return;
         }
         self.orphan_scan_running = true;
