@@ -300,6 +300,60 @@ impl Default for DaemonConfig {
     }
 }
 
+/// Where Service definitions come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceSourceKind {
+    /// A directory of Kubernetes-format YAML files (`services.dir`).
+    #[default]
+    Files,
+    /// The Kubernetes API (watch). Not implemented yet: refused by the check.
+    Kubernetes,
+}
+
+/// eBPF Service load balancing (socket level). See `docs/services.md`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServicesConfig {
+    /// Off by default.
+    #[serde(default)]
+    pub enabled: bool,
+    /// `files` (the only one implemented) or `kubernetes`.
+    #[serde(default)]
+    pub source: ServiceSourceKind,
+    /// The directory of Service and EndpointSlice YAML files (source `files`).
+    #[serde(default = "default_services_dir")]
+    pub dir: PathBuf,
+    /// Where the maps and links are pinned; must be on a bpf filesystem.
+    #[serde(default = "default_bpf_pin_dir")]
+    pub bpf_pin_dir: PathBuf,
+    /// The cgroup v2 directory the socket hooks attach to (the node's root cgroup).
+    #[serde(default = "default_services_cgroup")]
+    pub cgroup: PathBuf,
+}
+
+fn default_services_dir() -> PathBuf {
+    PathBuf::from("/etc/eni-manager/services")
+}
+fn default_bpf_pin_dir() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/eni-net")
+}
+fn default_services_cgroup() -> PathBuf {
+    PathBuf::from("/sys/fs/cgroup/unified")
+}
+
+impl Default for ServicesConfig {
+    fn default() -> Self {
+        ServicesConfig {
+            enabled: false,
+            source: ServiceSourceKind::Files,
+            dir: default_services_dir(),
+            bpf_pin_dir: default_bpf_pin_dir(),
+            cgroup: default_services_cgroup(),
+        }
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Config {
@@ -315,6 +369,9 @@ pub struct Config {
     pub gc: GcConfig,
     /// Socket, state, metrics.
     pub daemon: DaemonConfig,
+    /// eBPF Service load balancing.
+    #[serde(default)]
+    pub services: ServicesConfig,
 }
 
 /// Why the configuration was refused: every problem, each naming its field.
@@ -329,7 +386,9 @@ pub struct ConfigError {
 /// `ENI_MANAGER__POOL__MIN_IDLE=4`.
 pub const ENV_PREFIX: &str = "ENI_MANAGER__";
 
-const SECTIONS: &[&str] = &["cloud", "cluster", "network", "pool", "gc", "daemon"];
+const SECTIONS: &[&str] = &[
+    "cloud", "cluster", "network", "pool", "gc", "daemon", "services",
+];
 
 fn parse_scalar(s: &str) -> Value {
     serde_yaml::from_str::<Value>(s).unwrap_or_else(|_| Value::String(s.to_string()))
@@ -458,8 +517,21 @@ impl Config {
         let gc = section::<GcConfig>(&map, "gc", Some(GcConfig::default()), &mut problems);
         let daemon =
             section::<DaemonConfig>(&map, "daemon", Some(DaemonConfig::default()), &mut problems);
-        let (Some(cloud), Some(cluster), Some(network), Some(pool), Some(gc), Some(daemon)) =
-            (cloud, cluster, network, pool, gc, daemon)
+        let services = section::<ServicesConfig>(
+            &map,
+            "services",
+            Some(ServicesConfig::default()),
+            &mut problems,
+        );
+        let (
+            Some(cloud),
+            Some(cluster),
+            Some(network),
+            Some(pool),
+            Some(gc),
+            Some(daemon),
+            Some(services),
+        ) = (cloud, cluster, network, pool, gc, daemon, services)
         else {
             return Err(ConfigError { problems });
         };
@@ -470,6 +542,7 @@ impl Config {
             pool,
             gc,
             daemon,
+            services,
         };
         problems.extend(cfg.problems());
         if problems.is_empty() {
@@ -589,6 +662,23 @@ impl Config {
                 self.daemon.state_dir.display()
             ));
         }
+        if self.services.enabled {
+            if self.services.source == ServiceSourceKind::Kubernetes {
+                p.push("services.source: kubernetes is not implemented yet; use files (a directory of Service and EndpointSlice YAML files in services.dir)".into());
+            }
+            for (field, path) in [
+                ("services.dir", &self.services.dir),
+                ("services.bpf_pin_dir", &self.services.bpf_pin_dir),
+                ("services.cgroup", &self.services.cgroup),
+            ] {
+                if !path.is_absolute() {
+                    p.push(format!(
+                        "{field}: {} must be an absolute path",
+                        path.display()
+                    ));
+                }
+            }
+        }
         p
     }
 }
@@ -687,6 +777,50 @@ pool: { min_idle: "many" }
         assert_eq!(err.problems.len(), 2, "{:?}", err.problems);
         assert!(err.problems[0].starts_with("cloud:"));
         assert!(err.problems[1].starts_with("pool:"));
+    }
+
+    #[test]
+    fn services_default_off_and_checked_when_on() {
+        let c = load(MINIMAL, &[], &[]).unwrap();
+        assert!(!c.services.enabled);
+        assert_eq!(c.services.source, ServiceSourceKind::Files);
+        assert_eq!(c.services.bpf_pin_dir, PathBuf::from("/sys/fs/bpf/eni-net"));
+        let c = load(
+            &format!("{MINIMAL}services: {{ enabled: true, dir: /srv/svc }}\n"),
+            &[],
+            &[],
+        )
+        .unwrap();
+        assert!(c.services.enabled);
+        assert_eq!(c.services.dir, PathBuf::from("/srv/svc"));
+        let err = load(
+            &format!(
+                "{MINIMAL}services: {{ enabled: true, source: kubernetes, dir: rel, cgroup: cg }}\n"
+            ),
+            &[],
+            &["network.mtu=1"],
+        )
+        .unwrap_err();
+        let all = err.problems.join("\n");
+        for needle in [
+            "services.source: kubernetes is not implemented yet",
+            "services.dir: rel must be an absolute path",
+            "services.cgroup: cg must be an absolute path",
+            "network.mtu",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        let err = load(
+            &format!("{MINIMAL}services: {{ source: etcd }}\n"),
+            &[],
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            err.problems[0].starts_with("services:"),
+            "{:?}",
+            err.problems
+        );
     }
 
     #[test]

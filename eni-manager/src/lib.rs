@@ -1,7 +1,8 @@
 //! eni-manager: the node daemon. It keeps a warm pool of ENIs and addresses (`pool`), records
 //! every promise durably before making it (`store`), configures attached ENIs on the node
 //! (`node`), answers the CNI over a unix socket (`rpc`) and exports metrics (`metrics`).
-//! `config` reads and checks the configuration; `provider` builds the cloud client.
+//! `config` reads and checks the configuration; `provider` builds the cloud client;
+//! `services` feeds Service definitions to the eBPF socket load balancer (`eni_bpf`).
 #![deny(missing_docs)]
 
 pub mod config;
@@ -10,4 +11,5 @@ pub mod node;
 pub mod pool;
 pub mod provider;
 pub mod rpc;
+pub mod services;
 pub mod store;

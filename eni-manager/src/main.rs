@@ -209,6 +209,18 @@ async fn run(cfg: Config) -> anyhow::Result<ExitCode> {
             cfg.daemon.state_dir.display()
         )
     })?;
+    // Services first: the socket load balancer does not depend on the cloud, and pinned
+    // maps adopted here keep serving while the rest starts.
+    let services = if cfg.services.enabled {
+        let c = cfg.services.clone();
+        Some(
+            tokio::task::spawn_blocking(move || eni_manager::services::start(&c))
+                .await
+                .context("starting services")??,
+        )
+    } else {
+        None
+    };
     let stats = Arc::new(CallStats::new());
     let metrics = Arc::new(Metrics::new(stats.clone()));
     let provider = eni_manager::provider::build(&cfg.cloud, stats)
@@ -344,5 +356,9 @@ async fn run(cfg: Config) -> anyhow::Result<ExitCode> {
         }
     }
     metrics.set_ready(false);
+    if let Some(s) = services {
+        // The maps and links stay pinned: Service traffic keeps flowing while we are down.
+        tokio::task::spawn_blocking(move || s.stop()).await.ok();
+    }
     Ok(ExitCode::SUCCESS)
 }

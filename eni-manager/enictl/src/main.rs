@@ -15,6 +15,8 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
+
+mod services;
 use eni_rpc::{Allocation, Client, ClientError, EniStatus, Request, Response, Status};
 
 /// Inspect eni-manager, the node daemon that gives pods addresses from cloud ENIs.
@@ -40,7 +42,7 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Debug, Clone, Copy, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 enum Command {
     /// The node, the pool's counts, degraded mode and cloud calls.
     Status,
@@ -50,6 +52,13 @@ enum Command {
     Enis,
     /// One row per allocation (container, interface, pod, address, ENI, age).
     Allocations,
+    /// The eBPF Service load balancer's frontends and backends, read from its pinned maps
+    /// (not from the manager; needs root).
+    Services {
+        /// Where the maps are pinned (`services.bpf_pin_dir`).
+        #[arg(long, default_value = eni_bpf::DEFAULT_PIN_DIR, value_name = "DIR")]
+        pin_dir: PathBuf,
+    },
 }
 
 fn parse_timeout(text: &str) -> Result<Duration, String> {
@@ -82,6 +91,29 @@ fn main() -> ExitCode {
             };
         }
     };
+    if let Command::Services { pin_dir } = &cli.command {
+        return match services::read_pinned(pin_dir) {
+            Ok(entries) => {
+                let text = if cli.json {
+                    let mut t = serde_json::to_string_pretty(&services::to_json(&entries))
+                        .unwrap_or_default();
+                    t.push('\n');
+                    t
+                } else {
+                    services::render(&entries)
+                };
+                let mut stdout = io::stdout().lock();
+                let _ = stdout
+                    .write_all(text.as_bytes())
+                    .and_then(|()| stdout.flush());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                let _ = writeln!(io::stderr(), "enictl: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     match run(&cli) {
         Ok(text) => {
             let mut stdout = io::stdout().lock();
@@ -109,7 +141,7 @@ fn run(cli: &Cli) -> Result<String, ClientError> {
     let mut client = Client::connect(&cli.socket, cli.timeout)?;
     let request = match cli.command {
         Command::Status | Command::Pool | Command::Enis => Request::Status,
-        Command::Allocations => Request::List,
+        Command::Allocations | Command::Services { .. } => Request::List,
     };
     let response = client.call(&request)?;
     if cli.json {
@@ -124,7 +156,7 @@ fn run(cli: &Cli) -> Result<String, ClientError> {
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    match (cli.command, response) {
+    match (&cli.command, response) {
         (Command::Status, Response::Status(status)) => Ok(render_status(&status)),
         (Command::Pool, Response::Status(status)) => Ok(render_pool(&status)),
         (Command::Enis, Response::Status(status)) => Ok(render_enis(&status)),

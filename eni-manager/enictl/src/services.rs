@@ -1,0 +1,222 @@
+//! `enictl services`: the socket load balancer's frontends and backends, read from the
+//! pinned maps themselves (not from the manager), like `cilium service list`. Needs the
+//! rights to open the pins (root) and only reads: it never writes a map.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use aya::maps::{HashMap, Map, MapData};
+use eni_bpf::maps::{
+    ip_from_map, port_from_map, BeKey, BeVal, SvcKey, SvcVal, BACKENDS_MAP, BACKEND_ACTIVE,
+    SERVICES_MAP,
+};
+use eni_bpf::{Backend, BackendState, Protocol, ServiceEntry, ServiceKey, ServiceSpec};
+
+fn open<K: aya::Pod, V: aya::Pod>(
+    pin_dir: &Path,
+    name: &str,
+) -> Result<HashMap<MapData, K, V>, String> {
+    let path = pin_dir.join(name);
+    let data = MapData::from_pin(&path).map_err(|e| {
+        format!(
+            "cannot open the pinned map {}: {e} (is services.enabled on, and are you root?)",
+            path.display()
+        )
+    })?;
+    let map = Map::from_map_data(data).map_err(|e| format!("{}: {e}", path.display()))?;
+    HashMap::try_from(map).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Every service with its backends (slot order), read from the maps pinned in `pin_dir`.
+pub fn read_pinned(pin_dir: &Path) -> Result<Vec<ServiceEntry>, String> {
+    let services: HashMap<MapData, SvcKey, SvcVal> = open(pin_dir, SERVICES_MAP)?;
+    let backends: HashMap<MapData, BeKey, BeVal> = open(pin_dir, BACKENDS_MAP)?;
+    let mut out = Vec::new();
+    for item in services.iter() {
+        let (k, v) = item.map_err(|e| format!("reading {SERVICES_MAP}: {e}"))?;
+        let Some(key) = ServiceKey::from_map(k) else {
+            continue;
+        };
+        let mut list = Vec::new();
+        for slot in 0..u32::from(v.backend_count) {
+            // A slot may vanish between the two reads if the manager is updating.
+            if let Ok(b) = backends.get(&BeKey { svc_id: v.id, slot }, 0) {
+                list.push(Backend {
+                    ip: ip_from_map(b.ip),
+                    port: port_from_map(b.port),
+                    state: if b.state == BACKEND_ACTIVE {
+                        BackendState::Active
+                    } else {
+                        BackendState::Terminating
+                    },
+                });
+            }
+        }
+        out.push(ServiceEntry {
+            key,
+            id: v.id,
+            spec: ServiceSpec {
+                backends: list,
+                affinity_timeout: (v.affinity_timeout_s > 0)
+                    .then(|| Duration::from_secs(u64::from(v.affinity_timeout_s))),
+            },
+        });
+    }
+    out.sort_by_key(|e| (e.id, e.key));
+    Ok(out)
+}
+
+fn proto(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "TCP",
+        Protocol::Udp => "UDP",
+    }
+}
+
+fn state(s: BackendState) -> &'static str {
+    match s {
+        BackendState::Active => "active",
+        BackendState::Terminating => "terminating",
+    }
+}
+
+fn affinity(e: &ServiceEntry) -> String {
+    e.spec
+        .affinity_timeout
+        .map_or_else(|| "-".to_owned(), |t| format!("ClientIP {}s", t.as_secs()))
+}
+
+/// The table: one row per backend, the service columns only on its first row.
+pub fn render(entries: &[ServiceEntry]) -> String {
+    if entries.is_empty() {
+        return "No services.\n".to_owned();
+    }
+    let mut sorted: Vec<&ServiceEntry> = entries.iter().collect();
+    sorted.sort_by_key(|e| (e.id, e.key));
+    let mut rows: Vec<[String; 4]> = Vec::new();
+    for e in sorted {
+        let head = [
+            e.id.to_string(),
+            format!("{}:{}/{}", e.key.vip, e.key.port, proto(e.key.protocol)),
+            affinity(e),
+        ];
+        if e.spec.backends.is_empty() {
+            rows.push([
+                head[0].clone(),
+                head[1].clone(),
+                head[2].clone(),
+                "(none: connections refused)".into(),
+            ]);
+        }
+        for (i, b) in e.spec.backends.iter().enumerate() {
+            let be = format!(
+                "{} => {}/{} ({})",
+                i + 1,
+                b.addr(),
+                proto(e.key.protocol),
+                state(b.state)
+            );
+            if i == 0 {
+                rows.push([head[0].clone(), head[1].clone(), head[2].clone(), be]);
+            } else {
+                rows.push([String::new(), String::new(), String::new(), be]);
+            }
+        }
+    }
+    let header = ["ID", "FRONTEND", "AFFINITY", "BACKENDS"];
+    let mut w = header.map(str::len);
+    for r in &rows {
+        for (w, c) in w.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let mut out = String::new();
+    let header = header.map(str::to_owned);
+    for r in std::iter::once(&header).chain(&rows) {
+        let line = format!(
+            "{:<w0$}  {:<w1$}  {:<w2$}  {}",
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            w0 = w[0],
+            w1 = w[1],
+            w2 = w[2]
+        );
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+    out
+}
+
+/// The JSON form: a list of services with their backends.
+pub fn to_json(entries: &[ServiceEntry]) -> serde_json::Value {
+    let mut sorted: Vec<&ServiceEntry> = entries.iter().collect();
+    sorted.sort_by_key(|e| (e.id, e.key));
+    serde_json::Value::Array(
+        sorted
+            .into_iter()
+            .map(|e| {
+                serde_json::json!({
+                    "id": e.id,
+                    "frontend": {
+                        "ip": e.key.vip.to_string(),
+                        "port": e.key.port,
+                        "protocol": proto(e.key.protocol),
+                    },
+                    "affinity_timeout_s": e.spec.affinity_timeout.map(|t| t.as_secs()),
+                    "backends": e.spec.backends.iter().map(|b| serde_json::json!({
+                        "ip": b.ip.to_string(),
+                        "port": b.port,
+                        "state": state(b.state),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use eni_bpf::fake::RecordingMaps;
+    use eni_bpf::DatapathMaps;
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    #[test]
+    fn renders_what_the_maps_hold() {
+        let mut m = RecordingMaps::new();
+        let a = |l| SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, l), 8080);
+        m.upsert_service(
+            ServiceKey {
+                vip: Ipv4Addr::new(10, 96, 0, 10),
+                port: 80,
+                protocol: Protocol::Tcp,
+            },
+            &ServiceSpec {
+                backends: vec![Backend::active(a(1)), Backend::terminating(a(2))],
+                affinity_timeout: Some(Duration::from_secs(10_800)),
+            },
+        )
+        .unwrap();
+        m.upsert_service(
+            ServiceKey {
+                vip: Ipv4Addr::new(10, 96, 0, 11),
+                port: 53,
+                protocol: Protocol::Udp,
+            },
+            &ServiceSpec::default(),
+        )
+        .unwrap();
+        let l = m.list().unwrap();
+        let want = "ID  FRONTEND           AFFINITY         BACKENDS\n\
+            1   10.96.0.10:80/TCP  ClientIP 10800s  1 => 10.0.0.1:8080/TCP (active)\n\
+            \x20                                       2 => 10.0.0.2:8080/TCP (terminating)\n\
+            2   10.96.0.11:53/UDP  -                (none: connections refused)\n";
+        assert_eq!(render(&l), want);
+        let j = to_json(&l);
+        assert_eq!(j[0]["backends"][1]["state"], "terminating");
+        assert_eq!(j[0]["affinity_timeout_s"], 10_800);
+        assert_eq!(render(&[]), "No services.\n");
+    }
+}

@@ -1,0 +1,210 @@
+//! Services: Kubernetes `Service` and `EndpointSlice` objects -> the socket-level load
+//! balancer's maps (`eni_bpf`). The pipeline is source -> [`desired`] (pure) -> [`diff`]
+//! against the maps -> incremental updates through [`eni_bpf::DatapathMaps`].
+//!
+//! - [`types`]: the Kubernetes-format objects (only the fields used).
+//! - [`desired()`]: objects -> the wanted table, one spec per frontend.
+//! - [`reconcile()`]: diff and apply; only changed services are written.
+//! - [`files`]: the standalone source, a directory of YAML files polled every second.
+//! - [`start`]: what the daemon runs when `services.enabled` (load or adopt the pinned
+//!   maps, attach to the cgroup, reconcile on every change).
+//!
+//! The Kubernetes watch source is not implemented yet (`services.source: kubernetes` is
+//! refused by the configuration check).
+
+pub mod desired;
+pub mod files;
+pub mod reconcile;
+pub mod types;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use eni_bpf::DatapathMaps;
+use tracing::{info, warn};
+
+pub use desired::desired;
+pub use reconcile::{apply, current, diff, reconcile, ApplyReport, Op};
+
+use crate::config::{ServiceSourceKind, ServicesConfig};
+
+/// How often the directory is looked at.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the maps are reconciled even if no file changed (repairs drift, cheap: a
+/// read of the maps and no write when nothing differs).
+pub const RESYNC_INTERVAL: Duration = Duration::from_secs(60);
+
+type Fingerprint = Vec<(PathBuf, u64, Option<std::time::SystemTime>)>;
+
+/// The directory source's state between polls.
+#[derive(Debug)]
+pub struct FileSource {
+    dir: PathBuf,
+    resync: Duration,
+    last: Option<Fingerprint>,
+    last_sync: Option<Instant>,
+    last_error: Option<String>,
+}
+
+impl FileSource {
+    /// A source reading `dir`; reconciles on change and at least every `resync`.
+    pub fn new(dir: impl Into<PathBuf>, resync: Duration) -> Self {
+        Self {
+            dir: dir.into(),
+            resync,
+            last: None,
+            last_sync: None,
+            last_error: None,
+        }
+    }
+
+    /// Looks at the directory; when it changed (or the resync time passed) reads it and
+    /// reconciles `maps`. `None`: nothing to do, or the directory could not be read (the
+    /// maps are then left as they are: a missing directory is not "no services").
+    pub fn poll<M: DatapathMaps + ?Sized>(&mut self, maps: &mut M) -> Option<ApplyReport> {
+        let fp = match files::fingerprint(&self.dir) {
+            Ok(fp) => fp,
+            Err(e) => {
+                let msg = e.to_string();
+                if self.last_error.as_deref() != Some(&msg) {
+                    warn!(dir = %self.dir.display(), error = %msg, "cannot read the services directory; keeping the current services");
+                    self.last_error = Some(msg);
+                }
+                self.last = None;
+                return None;
+            }
+        };
+        self.last_error = None;
+        let due = self.last_sync.is_none_or(|t| t.elapsed() >= self.resync);
+        if self.last.as_ref() == Some(&fp) && !due {
+            return None;
+        }
+        let loaded = match files::load_dir(&self.dir) {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(dir = %self.dir.display(), error = %e, "cannot read the services directory; keeping the current services");
+                return None;
+            }
+        };
+        for p in &loaded.problems {
+            warn!("services: {p}; skipped");
+        }
+        let want = desired(&loaded.services, &loaded.slices);
+        match reconcile(maps, &want) {
+            Ok(report) => {
+                if report.upserted + report.deleted > 0 || self.last.as_ref() != Some(&fp) {
+                    info!(
+                        services = loaded.services.len(),
+                        slices = loaded.slices.len(),
+                        frontends = want.len(),
+                        upserted = report.upserted,
+                        deleted = report.deleted,
+                        map_ops = report.map_ops,
+                        errors = report.errors.len(),
+                        "services reconciled"
+                    );
+                }
+                self.last = Some(fp);
+                self.last_sync = Some(Instant::now());
+                Some(report)
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot read the service maps; will retry");
+                self.last = None;
+                None
+            }
+        }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// The running services loop.
+#[derive(Debug)]
+pub struct ServicesHandle {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ServicesHandle {
+    /// Stops the loop (the pinned maps and links stay: traffic keeps flowing).
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Loads (or adopts) the pinned maps, attaches the hooks to `cfg.cgroup`, reconciles once,
+/// then keeps reconciling from the source on a thread of its own.
+pub fn start(cfg: &ServicesConfig) -> anyhow::Result<ServicesHandle> {
+    if cfg.source != ServiceSourceKind::Files {
+        anyhow::bail!("services.source: only `files` is implemented; the Kubernetes watch source is not implemented yet");
+    }
+    let mut lb = eni_bpf::SocketLb::load_or_adopt(&cfg.bpf_pin_dir).with_context(|| {
+        format!(
+            "loading the socket load balancer (services.bpf_pin_dir {})",
+            cfg.bpf_pin_dir.display()
+        )
+    })?;
+    let attached = lb
+        .attach(&cfg.cgroup)
+        .with_context(|| format!("attaching to services.cgroup {}", cfg.cgroup.display()))?;
+    info!(
+        pin_dir = %cfg.bpf_pin_dir.display(),
+        cgroup = %cfg.cgroup.display(),
+        newly_attached = attached,
+        dir = %cfg.dir.display(),
+        "socket load balancer ready"
+    );
+    let mut source = FileSource::new(&cfg.dir, RESYNC_INTERVAL);
+    let first = source.poll(&mut lb);
+    terminate_udp(first.as_ref());
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("services".into())
+        .spawn(move || {
+            while !flag.load(Ordering::SeqCst) {
+                std::thread::sleep(POLL_INTERVAL);
+                let r = source.poll(&mut lb);
+                terminate_udp(r.as_ref());
+            }
+        })
+        .context("starting the services thread")?;
+    Ok(ServicesHandle {
+        stop,
+        thread: Some(thread),
+    })
+}
+
+/// Disconnects connected UDP sockets of this (the host's) network namespace still aimed at
+/// a removed backend, so their next `connect()` picks a live one. Pod namespaces are not
+/// walked yet.
+fn terminate_udp(report: Option<&ApplyReport>) {
+    let Some(report) = report else { return };
+    for (key, backend) in &report.removed_backends {
+        if key.protocol != eni_bpf::Protocol::Udp {
+            continue;
+        }
+        match eni_bpf::terminate_udp_sockets_to(*backend) {
+            Ok(0) => {}
+            Ok(n) => {
+                info!(frontend = %key, %backend, sockets = n, "connected UDP sockets to a removed backend terminated")
+            }
+            Err(e) => {
+                warn!(frontend = %key, %backend, error = %e, "cannot terminate UDP sockets to a removed backend")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,189 @@
+//! Kubernetes-format `Service` (v1) and `EndpointSlice` (discovery.k8s.io/v1), reduced to
+//! the fields the datapath uses. Unknown fields are ignored (real manifests carry many), so
+//! any manifest `kubectl get -o yaml` prints parses. We chose these small serde structs over
+//! `k8s-openapi`: ~20 fields instead of the whole API surface, nothing to compile for
+//! minutes on the node daemon, and no Kubernetes-version feature to pick; the field names
+//! follow the API exactly, so a later watch source can map `k8s-openapi` objects onto them.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// The `metadata` fields used.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct ObjectMeta {
+    /// `metadata.name`.
+    #[serde(default)]
+    pub name: String,
+    /// `metadata.namespace` (`default` when absent).
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// `metadata.labels`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl ObjectMeta {
+    /// The namespace, `default` when not set.
+    pub fn namespace(&self) -> &str {
+        self.namespace
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .unwrap_or("default")
+    }
+}
+
+/// A v1 `Service`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct Service {
+    /// Name, namespace.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// The spec.
+    #[serde(default)]
+    pub spec: ServiceSpec,
+}
+
+/// `Service.spec`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// `ClusterIP` (default), `NodePort`, `LoadBalancer` or `ExternalName`.
+    #[serde(rename = "type", default)]
+    pub type_: Option<String>,
+    /// `clusterIP`; `None` (the string) for a headless service.
+    #[serde(rename = "clusterIP", default)]
+    pub cluster_ip: Option<String>,
+    /// `clusterIPs` (dual stack); the first equals `clusterIP`.
+    #[serde(rename = "clusterIPs", default)]
+    pub cluster_ips: Vec<String>,
+    /// `externalIPs`.
+    #[serde(rename = "externalIPs", default)]
+    pub external_ips: Vec<String>,
+    /// `ports`.
+    #[serde(default)]
+    pub ports: Vec<ServicePort>,
+    /// `None` (default) or `ClientIP`.
+    #[serde(default)]
+    pub session_affinity: Option<String>,
+    /// `sessionAffinityConfig.clientIP.timeoutSeconds`.
+    #[serde(default)]
+    pub session_affinity_config: Option<SessionAffinityConfig>,
+    /// `Cluster` (default) or `Local`.
+    #[serde(default)]
+    pub internal_traffic_policy: Option<String>,
+}
+
+/// `Service.spec.sessionAffinityConfig`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct SessionAffinityConfig {
+    /// `clientIP`.
+    #[serde(rename = "clientIP", default)]
+    pub client_ip: Option<ClientIpConfig>,
+}
+
+/// `sessionAffinityConfig.clientIP`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientIpConfig {
+    /// Affinity timeout (default 10800).
+    #[serde(default)]
+    pub timeout_seconds: Option<i64>,
+}
+
+/// `Service.spec.ports[]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePort {
+    /// Port name (required when there are several ports).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The service port.
+    pub port: i32,
+    /// `TCP` (default), `UDP` or `SCTP`.
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// Number or name of the pods' port (default: `port`).
+    #[serde(default)]
+    pub target_port: Option<IntOrString>,
+}
+
+/// An int-or-string field (`targetPort`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum IntOrString {
+    /// A number.
+    Int(i32),
+    /// A name.
+    String(String),
+}
+
+/// A discovery.k8s.io/v1 `EndpointSlice`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointSlice {
+    /// Name, namespace, and the `kubernetes.io/service-name` label.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// `IPv4`, `IPv6` or `FQDN`.
+    #[serde(default)]
+    pub address_type: Option<String>,
+    /// The endpoints.
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+    /// The ports every endpoint of the slice serves.
+    #[serde(default)]
+    pub ports: Vec<EndpointPort>,
+}
+
+/// The label naming a slice's service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+impl EndpointSlice {
+    /// The service this slice belongs to (its `kubernetes.io/service-name` label).
+    pub fn service_name(&self) -> Option<&str> {
+        self.metadata
+            .labels
+            .get(SERVICE_NAME_LABEL)
+            .map(String::as_str)
+    }
+}
+
+/// `EndpointSlice.endpoints[]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct Endpoint {
+    /// Addresses (one for IPv4 slices in practice).
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// Readiness.
+    #[serde(default)]
+    pub conditions: EndpointConditions,
+}
+
+/// `EndpointSlice.endpoints[].conditions`; absent values follow the API's rules.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct EndpointConditions {
+    /// Ready; absent means ready.
+    #[serde(default)]
+    pub ready: Option<bool>,
+    /// Serving regardless of termination; absent means the value of `ready`.
+    #[serde(default)]
+    pub serving: Option<bool>,
+    /// Terminating; absent means not.
+    #[serde(default)]
+    pub terminating: Option<bool>,
+}
+
+/// `EndpointSlice.ports[]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct EndpointPort {
+    /// The name of the service port this is (empty/absent for an unnamed one).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The pods' port number.
+    #[serde(default)]
+    pub port: Option<i32>,
+    /// `TCP` (default), `UDP`, `SCTP`.
+    #[serde(default)]
+    pub protocol: Option<String>,
+}
