@@ -26,5 +26,5 @@ pub use service::{
     Backend, BackendState, DatapathMaps, MapOp, Protocol, ServiceEntry, ServiceKey, ServiceSpec,
     UpsertOutcome,
 };
-pub use socket_lb::{unpin_all, SocketLb, DEFAULT_PIN_DIR, PROGRAMS};
+pub use socket_lb::{read_pinned, unpin_all, SocketLb, DEFAULT_PIN_DIR, PROGRAMS};
 pub use sockterm::{terminate_udp_sockets_in, terminate_udp_sockets_to};

@@ -47,9 +47,43 @@ static SOCKET_LB_OBJ: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/
 pub struct SocketLb {
     bpf: Ebpf,
     pin_dir: PathBuf,
+    tables: Tables,
+    ids: BTreeSet<u32>,
+}
+
+/// The services and backends maps, as the loader holds them or as opened from their pins.
+#[derive(Debug)]
+struct Tables {
     services: HashMap<MapData, SvcKey, SvcVal>,
     backends: HashMap<MapData, BeKey, BeVal>,
-    ids: BTreeSet<u32>,
+}
+
+/// Every service with its backends, read from the maps pinned under `pin_dir` without
+/// loading any program (for `enictl services`). Only reads. Needs the rights to open the
+/// pins (root).
+pub fn read_pinned(pin_dir: impl AsRef<Path>) -> Result<Vec<ServiceEntry>, BpfError> {
+    fn open<K: aya::Pod, V: aya::Pod>(
+        pin_dir: &Path,
+        name: &'static str,
+    ) -> Result<HashMap<MapData, K, V>, BpfError> {
+        let path = pin_dir.join(name);
+        if !path.exists() {
+            return Err(BpfError::io(
+                "open pin",
+                path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no map is pinned there"),
+            ));
+        }
+        let data = MapData::from_pin(&path).map_err(map_err(name, "open pin"))?;
+        HashMap::try_from(Map::from_map_data(data).map_err(map_err(name, "open"))?)
+            .map_err(map_err(name, "open"))
+    }
+    let pin_dir = pin_dir.as_ref();
+    let tables = Tables {
+        services: open(pin_dir, SERVICES_MAP)?,
+        backends: open(pin_dir, BACKENDS_MAP)?,
+    };
+    service::list(&tables)
 }
 
 fn map_err(map: &'static str, op: &'static str) -> impl Fn(MapError) -> BpfError {
@@ -125,17 +159,17 @@ impl SocketLb {
             prog.load().map_err(prog_err(name, "load"))?;
         }
 
-        let services = take_hash(&mut bpf, SERVICES_MAP)?;
-        let backends = take_hash(&mut bpf, BACKENDS_MAP)?;
-        let mut lb = Self {
+        let tables = Tables {
+            services: take_hash(&mut bpf, SERVICES_MAP)?,
+            backends: take_hash(&mut bpf, BACKENDS_MAP)?,
+        };
+        let ids = service::used_ids(&tables)?;
+        Ok(Self {
             bpf,
             pin_dir,
-            services,
-            backends,
-            ids: BTreeSet::new(),
-        };
-        lb.ids = service::used_ids(&lb)?;
-        Ok(lb)
+            tables,
+            ids,
+        })
     }
 
     /// The pin directory.
@@ -263,7 +297,7 @@ fn absent_is_none<V>(r: Result<V, MapError>) -> Result<Option<V>, MapError> {
     }
 }
 
-impl RawTables for SocketLb {
+impl RawTables for Tables {
     fn get_service(&self, key: &SvcKey) -> Result<Option<SvcVal>, BpfError> {
         absent_is_none(self.services.get(key, 0)).map_err(map_err(SERVICES_MAP, "lookup"))
     }
@@ -305,20 +339,14 @@ impl DatapathMaps for SocketLb {
         key: ServiceKey,
         spec: &ServiceSpec,
     ) -> Result<UpsertOutcome, BpfError> {
-        let mut ids = std::mem::take(&mut self.ids);
-        let r = service::upsert(self, &mut ids, key, spec);
-        self.ids = ids;
-        r
+        service::upsert(&mut self.tables, &mut self.ids, key, spec)
     }
 
     fn delete_service(&mut self, key: ServiceKey) -> Result<bool, BpfError> {
-        let mut ids = std::mem::take(&mut self.ids);
-        let r = service::delete(self, &mut ids, key);
-        self.ids = ids;
-        r
+        service::delete(&mut self.tables, &mut self.ids, key)
     }
 
     fn list(&self) -> Result<Vec<ServiceEntry>, BpfError> {
-        service::list(self)
+        service::list(&self.tables)
     }
 }

@@ -4,65 +4,24 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::time::Duration;
 
-use aya::maps::{HashMap, Map, MapData};
-use eni_bpf::maps::{
-    ip_from_map, port_from_map, BeKey, BeVal, SvcKey, SvcVal, BACKENDS_MAP, BACKEND_ACTIVE,
-    SERVICES_MAP,
-};
-use eni_bpf::{Backend, BackendState, Protocol, ServiceEntry, ServiceKey, ServiceSpec};
+use eni_bpf::{BackendState, Protocol, ServiceEntry};
 
-fn open<K: aya::Pod, V: aya::Pod>(
-    pin_dir: &Path,
-    name: &str,
-) -> Result<HashMap<MapData, K, V>, String> {
-    let path = pin_dir.join(name);
-    let data = MapData::from_pin(&path).map_err(|e| {
+/// Every service with its backends, read from the maps pinned in `pin_dir`, by id.
+pub fn read_pinned(pin_dir: &Path) -> Result<Vec<ServiceEntry>, String> {
+    let mut out = eni_bpf::read_pinned(pin_dir).map_err(|e| {
+        // The error's causes carry the OS's answer: show the whole chain.
+        let mut why = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            why.push_str(&format!(": {c}"));
+            cause = c.source();
+        }
         format!(
-            "cannot open the pinned map {}: {e} (is services.enabled on, and are you root?)",
-            path.display()
+            "cannot read the Service maps pinned in {}: {why} (is services.enabled on, and are you root?)",
+            pin_dir.display()
         )
     })?;
-    let map = Map::from_map_data(data).map_err(|e| format!("{}: {e}", path.display()))?;
-    HashMap::try_from(map).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-/// Every service with its backends (slot order), read from the maps pinned in `pin_dir`.
-pub fn read_pinned(pin_dir: &Path) -> Result<Vec<ServiceEntry>, String> {
-    let services: HashMap<MapData, SvcKey, SvcVal> = open(pin_dir, SERVICES_MAP)?;
-    let backends: HashMap<MapData, BeKey, BeVal> = open(pin_dir, BACKENDS_MAP)?;
-    let mut out = Vec::new();
-    for item in services.iter() {
-        let (k, v) = item.map_err(|e| format!("reading {SERVICES_MAP}: {e}"))?;
-        let Some(key) = ServiceKey::from_map(k) else {
-            continue;
-        };
-        let mut list = Vec::new();
-        for slot in 0..u32::from(v.backend_count) {
-            // A slot may vanish between the two reads if the manager is updating.
-            if let Ok(b) = backends.get(&BeKey { svc_id: v.id, slot }, 0) {
-                list.push(Backend {
-                    ip: ip_from_map(b.ip),
-                    port: port_from_map(b.port),
-                    state: if b.state == BACKEND_ACTIVE {
-                        BackendState::Active
-                    } else {
-                        BackendState::Terminating
-                    },
-                });
-            }
-        }
-        out.push(ServiceEntry {
-            key,
-            id: v.id,
-            spec: ServiceSpec {
-                backends: list,
-                affinity_timeout: (v.affinity_timeout_s > 0)
-                    .then(|| Duration::from_secs(u64::from(v.affinity_timeout_s))),
-            },
-        });
-    }
     out.sort_by_key(|e| (e.id, e.key));
     Ok(out)
 }
@@ -180,8 +139,9 @@ pub fn to_json(entries: &[ServiceEntry]) -> serde_json::Value {
 mod tests {
     use super::*;
     use eni_bpf::fake::RecordingMaps;
-    use eni_bpf::DatapathMaps;
+    use eni_bpf::{Backend, DatapathMaps, ServiceKey, ServiceSpec};
     use std::net::{Ipv4Addr, SocketAddrV4};
+    use std::time::Duration;
 
     #[test]
     fn renders_what_the_maps_hold() {

@@ -44,7 +44,8 @@ fn services_without_pins_says_why() {
     let d = dir.path().join("none");
     let (ok, _, err) = enictl(&["services", "--pin-dir", d.to_str().unwrap()]);
     assert!(!ok);
-    assert!(err.contains("cannot open the pinned map"), "{err}");
+    assert!(err.contains("cannot read the Service maps"), "{err}");
+    assert!(err.contains("no map is pinned there"), "{err}");
     assert!(err.contains("lb4_services"), "{err}");
 }
 
