@@ -338,7 +338,23 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                     * unit
             })
             .sum();
-        need = need.saturating_sub(busy_room);
+        // Room on ENIs still being created and attached: topped up once they are ready. A new
+        // ENI would take as long (create and attach) and use a slot of the instance's limit,
+        // so a burst that arrives in several batches ends on as few ENIs as one batch would.
+        let creating_room: u32 = state
+            .intents
+            .values()
+            .filter_map(|i| match i {
+                Intent::CreateEni {
+                    kind: EniKind::Shared,
+                    ips,
+                    prefixes,
+                    ..
+                } => Some(per_eni_slots.saturating_sub(ips + prefixes) * unit),
+                _ => None,
+            })
+            .sum();
+        need = need.saturating_sub(busy_room + creating_room);
         let mut subnets_out = false;
         while need > 0 && enis_used < input.limits.max_enis && per_eni_slots > 0 {
             let cap = if t.prefix_mode {
@@ -556,13 +572,18 @@ fn release_shared(
         .filter(|e| !busy.contains(e.id.as_str()) && allocated_on(&e.id) == 0)
         .collect();
     candidates.sort_by_key(|e| (e.ips.len(), std::cmp::Reverse(e.device_index)));
+    // `removed` also holds ENIs that would go whole but whose addresses have not all cooled
+    // yet: their share of the surplus is kept for them, so that trimming other addresses now
+    // does not leave them half drained, each still an ENI, once they cool.
     let mut removed = BTreeSet::new();
     for eni in candidates {
         let n = eni.ips.len() as u32;
-        if n <= surplus && eni.ips.iter().all(|ip| cooled(input, *ip)) {
-            plan.actions.push(Action::RemoveEni {
-                eni_id: eni.id.clone(),
-            });
+        if n <= surplus {
+            if eni.ips.iter().all(|ip| cooled(input, *ip)) {
+                plan.actions.push(Action::RemoveEni {
+                    eni_id: eni.id.clone(),
+                });
+            }
             removed.insert(eni.id.as_str());
             surplus -= n;
         }
@@ -822,13 +843,15 @@ mod tests {
             },
         })
         .unwrap();
+        // Want 16 idle: 2 coming and room for 7 more on the ENI being created, so a new ENI
+        // for the other 7 only.
         let p = run(&s, 14, &HashMap::new(), 0);
         assert!(
-            matches!(&p.actions[..], [Action::CreateEni { ips: 9, .. }]),
+            matches!(&p.actions[..], [Action::CreateEni { ips: 7, .. }]),
             "{p:?}"
         );
         assert_eq!(p.blocked, None, "{p:?}");
-        assert_eq!(p.servable, 2 + 9 + 7);
+        assert_eq!(p.servable, 2 + 7 + 7 + 2);
         // Beyond every slot of the node it is.
         let p = run(&s, 19, &HashMap::new(), 0);
         assert!(matches!(p.blocked, Some(Blocked::EniLimit { .. })), "{p:?}");
@@ -972,6 +995,37 @@ mod tests {
             .actions
             .iter()
             .all(|a| !matches!(a, Action::Unassign { .. } | Action::RemoveEni { .. })));
+    }
+
+    #[test]
+    fn an_eni_that_will_go_whole_is_not_drained_while_it_cools() {
+        let mut s = PoolState::default();
+        s.apply(&Event::EniReady(eni("eni-1", 1, 9))).unwrap();
+        s.apply(&Event::EniReady(eni("eni-2", 2, 4))).unwrap();
+        allocate(&mut s, 3); // 3 pods on eni-1: idle 6 + 4 = 10, max 5, surplus 5
+        // eni-1's idle addresses cooled long ago; one of eni-2's was freed just now.
+        let mut since: HashMap<Ipv4Addr, u64> =
+            s.idle_ips().into_iter().map(|(ip, _)| (ip, 0)).collect();
+        let late = *s.enis["eni-2"].ips.iter().next().unwrap();
+        since.insert(late, 900);
+        // eni-2 keeps 4 of the surplus for itself; only 1 address of eni-1 goes now.
+        let p = run(&s, 0, &since, 1000);
+        assert_eq!(p.actions.len(), 1, "{p:?}");
+        match &p.actions[0] {
+            Action::Unassign { eni_id, ips, .. } => {
+                assert_eq!(eni_id, "eni-1");
+                assert_eq!(ips.len(), 1);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Once it has cooled, eni-2 goes whole.
+        let p = run(&s, 0, &since, 1900);
+        assert!(
+            p.actions.contains(&Action::RemoveEni {
+                eni_id: "eni-2".into()
+            }),
+            "{p:?}"
+        );
     }
 
     #[test]
