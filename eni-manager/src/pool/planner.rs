@@ -1003,7 +1003,7 @@ mod tests {
         s.apply(&Event::EniReady(eni("eni-1", 1, 9))).unwrap();
         s.apply(&Event::EniReady(eni("eni-2", 2, 4))).unwrap();
         allocate(&mut s, 3); // 3 pods on eni-1: idle 6 + 4 = 10, max 5, surplus 5
-        // eni-1's idle addresses cooled long ago; one of eni-2's was freed just now.
+                             // eni-1's idle addresses cooled long ago; one of eni-2's was freed just now.
         let mut since: HashMap<Ipv4Addr, u64> =
             s.idle_ips().into_iter().map(|(ip, _)| (ip, 0)).collect();
         let late = *s.enis["eni-2"].ips.iter().next().unwrap();
