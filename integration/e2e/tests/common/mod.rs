@@ -535,10 +535,22 @@ pub struct Manager {
 impl Manager {
     /// Writes the configuration into `dir` and starts the manager in namespace `node`.
     pub fn start(dir: &Path, node: &str, metrics_port: u16, pool: &Value) -> Manager {
+        Manager::start_with(dir, node, metrics_port, pool, &Value::Null)
+    }
+
+    /// As [`Manager::start`], with `services` as the configuration's `services` section
+    /// (`null`: none).
+    pub fn start_with(
+        dir: &Path,
+        node: &str,
+        metrics_port: u16,
+        pool: &Value,
+        services: &Value,
+    ) -> Manager {
         let bin = binary("eni-manager", "ENI_MANAGER_BIN");
         std::fs::create_dir_all(dir).unwrap();
         let socket = dir.join("manager.sock");
-        let cfg = json!({
+        let mut cfg = json!({
             "cloud": {
                 "provider": "aliyun", "region": "cn-hangzhou",
                 "endpoint": "http://100.100.100.200",
@@ -554,10 +566,18 @@ impl Manager {
                 "metrics_address": format!("127.0.0.1:{metrics_port}")
             }
         });
+        if !services.is_null() {
+            cfg["services"] = services.clone();
+        }
         let config = dir.join("manager.yaml");
         std::fs::write(&config, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
         let log = dir.join("manager.log");
-        let out = std::fs::File::create(&log).unwrap();
+        // Appended to: a restarted manager keeps the first one's log.
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
         // `ip netns exec` execs the manager: the child's pid is the manager's.
         let child = Command::new("ip")
             .args(["netns", "exec", node])
@@ -652,6 +672,12 @@ impl Manager {
         })
     }
 
+    /// SIGKILL, as a crash or an OOM kill would: nothing is cleaned up.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Lines of the log that contain every one of `needles`.
     pub fn log_has(&self, needles: &[&str]) -> bool {
         std::fs::read_to_string(&self.log)
@@ -685,6 +711,8 @@ impl Drop for Manager {
 pub struct Cluster {
     pub a: Manager,
     pub b: Manager,
+    /// The Service datapath's pieces of node A, when started with services.
+    pub svc_a: Option<SvcNode>,
     pub mock: MockCloud,
     pub node_a: Netns,
     pub node_b: Netns,
@@ -713,6 +741,16 @@ impl Cluster {
 
     /// Starts everything with these `pool` settings on both nodes.
     pub fn start_with(pool: &Value) -> Cluster {
+        Cluster::start_full(pool, false)
+    }
+
+    /// Starts everything, node A's manager with the eBPF Service datapath on (file source,
+    /// a private bpffs, a cgroup of its own: see [`SvcNode`]).
+    pub fn start_with_services() -> Cluster {
+        Cluster::start_full(&pool_settings(), true)
+    }
+
+    fn start_full(pool: &Value, services: bool) -> Cluster {
         let pid = std::process::id();
         let n = next_seq();
         let suffix = if n == 0 {
@@ -761,7 +799,14 @@ impl Cluster {
                 ns.name
             );
         }
-        let mut a = Manager::start(&dir.path().join("node-a"), &node_a.name, 19410, pool);
+        let svc_a = services.then(|| SvcNode::create(&dir.path().join("svc-a"), &suffix));
+        let mut a = Manager::start_with(
+            &dir.path().join("node-a"),
+            &node_a.name,
+            19410,
+            pool,
+            &svc_a.as_ref().map_or(Value::Null, SvcNode::config),
+        );
         let mut b = Manager::start(&dir.path().join("node-b"), &node_b.name, 19411, pool);
         a.wait_ready(MIN_IDLE, Duration::from_secs(30));
         b.wait_ready(MIN_IDLE, Duration::from_secs(30));
@@ -772,6 +817,7 @@ impl Cluster {
         Cluster {
             a,
             b,
+            svc_a,
             mock,
             node_a,
             node_b,
@@ -930,6 +976,85 @@ impl Cluster {
         let mut conf = pod.conf.clone();
         conf["prevResult"] = pod.result.clone();
         self.cni(pod.node, &pod.env("CHECK"), &conf)
+    }
+}
+
+/// What a node's Service datapath needs in a test, none of it shared with the machine: a
+/// directory of Service/EndpointSlice YAML files, a private bpffs for the pins, and a cgroup
+/// of its own in a private mount of the cgroup v2 hierarchy. (`ip netns exec` remounts
+/// `/sys` for the manager, so `/sys/fs/cgroup` is out of its sight; a mount under the test's
+/// directory is seen by both.) "Pod processes" that should use the Services join `cgroup`.
+/// Drop: unmounts the bpffs (the pins, hence the attachments, go with it), removes the
+/// cgroup, unmounts the hierarchy.
+#[derive(Debug)]
+pub struct SvcNode {
+    pub dir: PathBuf,
+    pub bpffs: PathBuf,
+    pub cgroup_mount: PathBuf,
+    pub cgroup: PathBuf,
+}
+
+impl SvcNode {
+    pub fn create(root: &Path, tag: &str) -> SvcNode {
+        // The mount points are outside `root`, so that no recursive removal of the test's
+        // directory can ever walk into a bpffs or the cgroup hierarchy.
+        let tmp = std::env::temp_dir();
+        let cgroup_mount = tmp.join(format!("e2e-cgroup2-{tag}"));
+        let svc = SvcNode {
+            dir: root.join("services"),
+            bpffs: tmp.join(format!("e2e-bpffs-{tag}")),
+            cgroup: cgroup_mount.join(format!("eni-e2e-{tag}")),
+            cgroup_mount,
+        };
+        for d in [&svc.dir, &svc.bpffs, &svc.cgroup_mount] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        // `svc` exists before anything is mounted: a panic from here on unmounts.
+        sh(&["mount", "-t", "bpf", "bpf", &svc.bpffs.to_string_lossy()]);
+        sh(&[
+            "mount",
+            "-t",
+            "cgroup2",
+            "none",
+            &svc.cgroup_mount.to_string_lossy(),
+        ]);
+        std::fs::create_dir(&svc.cgroup).expect("create the test cgroup");
+        svc
+    }
+
+    /// The manager's `services` section.
+    pub fn config(&self) -> Value {
+        json!({
+            "enabled": true, "source": "files", "dir": self.dir,
+            "bpf_pin_dir": self.bpffs.join("eni-net"), "cgroup": self.cgroup
+        })
+    }
+
+    /// Writes (replaces) one YAML file of the services directory, atomically.
+    pub fn write(&self, name: &str, yaml: &str) {
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::rename(&tmp, self.dir.join(name)).unwrap();
+    }
+
+    /// A shell command prefix that moves the shell into the node's cgroup first.
+    pub fn join_cgroup(&self) -> String {
+        format!("echo $$ > {}/cgroup.procs", self.cgroup.display())
+    }
+}
+
+impl Drop for SvcNode {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.bpffs).status();
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.cgroup).is_ok() || !self.cgroup.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = Command::new("umount").arg(&self.cgroup_mount).status();
+        let _ = std::fs::remove_dir(&self.cgroup_mount);
+        let _ = std::fs::remove_dir(&self.bpffs);
     }
 }
 

@@ -1,0 +1,323 @@
+//! eBPF Services through the whole stack: mock cloud + hypervisor, node A's `eni-manager` with
+//! the Service datapath on (file source), pods wired by `eni-cni` in veth mode, real TCP and
+//! UDP from a pod process in node A's cgroup.
+//!
+//! - A ClusterIP spreads over a backend on node A and one on node B (no SNAT: the backends
+//!   see the client pod's address), `getpeername` shows the ClusterIP, UDP replies come from
+//!   the ClusterIP.
+//! - A pod reaches itself through its own Service.
+//! - The manager is SIGKILLed while a client connects in a loop: not one connection fails,
+//!   through the kill, the time without a manager, and the restart (which adopts the pinned
+//!   maps); the restarted manager then applies a change of the YAML files.
+//!
+//! Needs root: otherwise says SKIPPED and returns.
+
+#![allow(clippy::print_stdout, reason = "the test reports what it measured")]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::Ipv4Addr;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+/// A TCP and UDP server on 0.0.0.0:8080 that answers `<name> <peer address>`.
+const SERVER_PY: &str = r#"
+import socket, sys, threading
+name = sys.argv[1]
+def tcp():
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(('0.0.0.0', 8080)); s.listen(512); ready.release()
+    while True:
+        c, a = s.accept()
+        try: c.sendall(('%s %s\n' % (name, a[0])).encode())
+        except OSError: pass
+        c.close()
+def udp():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 8080)); ready.release()
+    while True:
+        d, a = s.recvfrom(100)
+        s.sendto(('%s %s' % (name, a[0])).encode(), a)
+ready = threading.Semaphore(0)
+threading.Thread(target=tcp, daemon=True).start()
+threading.Thread(target=udp, daemon=True).start()
+ready.acquire(); ready.acquire()
+print('ready', flush=True)
+threading.Event().wait()
+"#;
+
+/// Commands on stdin, one answer line each:
+/// `tcp IP PORT` -> `<backend> <address it saw> <getpeername>`;
+/// `udp IP PORT` -> `<backend> <address it saw> <reply source>`;
+/// `loop IP PORT` starts connecting in a loop (every 10 ms) -> `started`;
+/// `stop` -> `<connections that worked> <failures> <first failure>`.
+const CLIENT_PY: &str = r#"
+import socket, sys, threading, time
+def fmt(a): return '%s:%d' % a
+def tcp(ip, port):
+    s = socket.create_connection((ip, port), timeout=3)
+    line = s.makefile().readline().strip(); peer = fmt(s.getpeername()); s.close()
+    return line + ' ' + peer
+state = {'ok': 0, 'fail': 0, 'first': '-', 'run': False}
+def loop(ip, port):
+    while state['run']:
+        try:
+            tcp(ip, port); state['ok'] += 1
+        except Exception as e:
+            state['fail'] += 1
+            if state['first'] == '-': state['first'] = type(e).__name__
+        time.sleep(0.01)
+worker = None
+for line in sys.stdin:
+    p = line.split()
+    try:
+        if p[0] == 'tcp':
+            out = tcp(p[1], int(p[2]))
+        elif p[0] == 'udp':
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)
+            s.sendto(b'x', (p[1], int(p[2]))); d, src = s.recvfrom(100); s.close()
+            out = d.decode() + ' ' + fmt(src)
+        elif p[0] == 'loop':
+            state['run'] = True
+            worker = threading.Thread(target=loop, args=(p[1], int(p[2])), daemon=True)
+            worker.start(); out = 'started'
+        elif p[0] == 'stop':
+            state['run'] = False; worker.join()
+            out = '%d %d %s' % (state['ok'], state['fail'], state['first'])
+        else:
+            out = 'ERR unknown'
+    except Exception as e:
+        out = 'ERR ' + type(e).__name__ + ' ' + str(e)
+    print(out.replace('\n', ' '), flush=True)
+"#;
+
+struct Server(Child);
+
+impl Server {
+    fn start(pod: &Pod, name: &str) -> Server {
+        let mut child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &pod.ns.name,
+                "python3",
+                "-u",
+                "-c",
+                SERVER_PY,
+                name,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start python3");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "server {name}");
+        Server(child)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A client process in `pod`'s namespace and in node A's Service cgroup.
+struct PodClient {
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    child: Child,
+}
+
+impl PodClient {
+    fn start(svc: &SvcNode, pod: &Pod) -> PodClient {
+        let script = format!(
+            "{} && exec ip netns exec {} python3 -u -c \"$0\"",
+            svc.join_cgroup(),
+            pod.ns.name
+        );
+        let mut child = Command::new("sh")
+            .args(["-c", &script, CLIENT_PY])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn client");
+        PodClient {
+            stdin: child.stdin.take().unwrap(),
+            stdout: BufReader::new(child.stdout.take().unwrap()),
+            child,
+        }
+    }
+
+    fn cmd(&mut self, line: &str) -> String {
+        writeln!(self.stdin, "{line}").unwrap();
+        let mut out = String::new();
+        self.stdout.read_line(&mut out).unwrap();
+        out.trim().to_string()
+    }
+
+    /// The three fields of an answer; panics on an error.
+    fn fields(&mut self, line: &str) -> [String; 3] {
+        let out = self.cmd(line);
+        assert!(!out.starts_with("ERR"), "{line}: {out}");
+        let f: Vec<&str> = out.split_whitespace().collect();
+        assert_eq!(f.len(), 3, "{line}: {out}");
+        [f[0].to_string(), f[1].to_string(), f[2].to_string()]
+    }
+}
+
+impl Drop for PodClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn services_yaml(backends: &[Ipv4Addr], self_ip: Ipv4Addr) -> String {
+    let endpoints: String = backends
+        .iter()
+        .map(|ip| format!("  - addresses: [\"{ip}\"]\n    conditions: {{ ready: true }}\n"))
+        .collect();
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{ name: web, namespace: e2e }}
+spec:
+  clusterIP: 10.96.0.10
+  ports:
+  - {{ name: http, port: 80, protocol: TCP, targetPort: 8080 }}
+  - {{ name: dns, port: 53, protocol: UDP, targetPort: 8080 }}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{ name: web-1, namespace: e2e, labels: {{ kubernetes.io/service-name: web }} }}
+addressType: IPv4
+ports: [{{ name: http, port: 8080, protocol: TCP }}, {{ name: dns, port: 8080, protocol: UDP }}]
+endpoints:
+{endpoints}---
+apiVersion: v1
+kind: Service
+metadata: {{ name: me, namespace: e2e }}
+spec:
+  clusterIP: 10.96.0.11
+  ports: [{{ name: http, port: 80, targetPort: 8080 }}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{ name: me-1, namespace: e2e, labels: {{ kubernetes.io/service-name: me }} }}
+addressType: IPv4
+ports: [{{ name: http, port: 8080 }}]
+endpoints:
+  - addresses: ["{self_ip}"]
+"#
+    )
+}
+
+/// Backends that answered `n` connections (TCP) or datagrams (UDP), with what they saw.
+fn spread(client: &mut PodClient, proto: &str, n: usize) -> BTreeMap<String, (String, String)> {
+    let mut seen = BTreeMap::new();
+    for _ in 0..n {
+        let port = if proto == "tcp" { 80 } else { 53 };
+        let [backend, saw, peer] = client.fields(&format!("{proto} 10.96.0.10 {port}"));
+        seen.insert(backend, (saw, peer));
+    }
+    seen
+}
+
+#[test]
+fn cluster_ip_services_from_yaml_survive_a_manager_crash() {
+    require_root!();
+    let mut c = Cluster::start_with_services();
+    let a1 = c.add_pod(Node::A, "veth", &json!({}));
+    let a2 = c.add_pod(Node::A, "veth", &json!({}));
+    let b1 = c.add_pod(Node::B, "veth", &json!({}));
+    println!("pods: a1 {} a2 {} b1 {}", a1.ip, a2.ip, b1.ip);
+    let _servers = [
+        Server::start(&a1, "a1"),
+        Server::start(&a2, "a2"),
+        Server::start(&b1, "b1"),
+    ];
+    let svc = c.svc_a.as_ref().expect("node A runs the Service datapath");
+    svc.write("web.yaml", &services_yaml(&[a2.ip, b1.ip], a1.ip));
+    let mut client = PodClient::start(svc, &a1);
+
+    // The manager reads the directory within a second or so.
+    assert!(
+        wait_for(Duration::from_secs(15), || !client
+            .cmd("tcp 10.96.0.10 80")
+            .starts_with("ERR")),
+        "10.96.0.10:80 never answered; manager log:\n{}",
+        std::fs::read_to_string(&c.a.log).unwrap_or_default()
+    );
+
+    // TCP over both backends, one per node; no SNAT; getpeername shows the ClusterIP.
+    let tcp = spread(&mut client, "tcp", 40);
+    assert_eq!(
+        tcp.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["a2", "b1"],
+        "{tcp:?}"
+    );
+    for (backend, (saw, peer)) in &tcp {
+        assert_eq!(saw, &a1.ip.to_string(), "{backend} saw the pod's address");
+        assert_eq!(peer, "10.96.0.10:80", "getpeername");
+    }
+    // UDP likewise, the reply from the ClusterIP.
+    let udp = spread(&mut client, "udp", 40);
+    assert_eq!(udp.len(), 2, "{udp:?}");
+    for (saw, src) in udp.values() {
+        assert_eq!(saw, &a1.ip.to_string());
+        assert_eq!(src, "10.96.0.10:53", "UDP reply source");
+    }
+    // A pod through its own Service.
+    let [me, saw, peer] = client.fields("tcp 10.96.0.11 80");
+    assert_eq!((me.as_str(), peer.as_str()), ("a1", "10.96.0.11:80"));
+    assert_eq!(saw, a1.ip.to_string());
+
+    // Crash the manager while connecting in a loop; restart it; no connection fails.
+    assert_eq!(client.cmd("loop 10.96.0.10 80"), "started");
+    std::thread::sleep(Duration::from_millis(300));
+    c.a.kill();
+    std::thread::sleep(Duration::from_secs(2));
+    let node_a = c.node_a.name.clone();
+    c.a = Manager::start_with(
+        &c.dir.path().join("node-a"),
+        &node_a,
+        19410,
+        &pool_settings(),
+        &svc.config(),
+    );
+    c.a.wait_ready(MIN_IDLE, Duration::from_secs(30));
+    assert!(
+        wait_for(Duration::from_secs(10), || c
+            .a
+            .log_has(&["socket load balancer ready", "newly_attached=0"])),
+        "the restarted manager did not adopt the pinned datapath"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let stop = client.cmd("stop");
+    let f: Vec<&str> = stop.split_whitespace().collect();
+    let (ok, failed): (u64, u64) = (f[0].parse().unwrap(), f[1].parse().unwrap());
+    println!(
+        "through the crash and restart: {ok} connections, {failed} failed ({})",
+        f[2]
+    );
+    assert!(ok >= 50, "the loop barely ran: {stop}");
+    assert_eq!(failed, 0, "connections failed across the crash: {stop}");
+
+    // The restarted manager owns the table: b1 leaves the Service.
+    svc.write("web.yaml", &services_yaml(&[a2.ip], a1.ip));
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            spread(&mut client, "tcp", 10).keys().collect::<Vec<_>>() == ["a2"]
+        }),
+        "b1 still gets connections after it left the EndpointSlice"
+    );
+}
