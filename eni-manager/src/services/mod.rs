@@ -16,6 +16,7 @@ pub mod desired;
 pub mod files;
 pub mod reconcile;
 pub mod types;
+pub mod udp;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -185,24 +186,11 @@ pub fn start(cfg: &ServicesConfig) -> anyhow::Result<ServicesHandle> {
     })
 }
 
-/// Disconnects connected UDP sockets of this (the host's) network namespace still aimed at
-/// a removed backend, so their next `connect()` picks a live one. Pod namespaces are not
-/// walked yet.
+/// Disconnects connected UDP sockets still aimed at a removed backend, in the host's and
+/// every pod's network namespace, so their next `connect()` picks a live one.
 fn terminate_udp(report: Option<&ApplyReport>) {
-    let Some(report) = report else { return };
-    for (key, backend) in &report.removed_backends {
-        if key.protocol != eni_bpf::Protocol::Udp {
-            continue;
-        }
-        match eni_bpf::terminate_udp_sockets_to(*backend) {
-            Ok(0) => {}
-            Ok(n) => {
-                info!(frontend = %key, %backend, sockets = n, "connected UDP sockets to a removed backend terminated")
-            }
-            Err(e) => {
-                warn!(frontend = %key, %backend, error = %e, "cannot terminate UDP sockets to a removed backend")
-            }
-        }
+    if let Some(report) = report {
+        udp::terminate_removed(&report.removed_backends);
     }
 }
 

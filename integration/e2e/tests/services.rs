@@ -53,6 +53,8 @@ threading.Event().wait()
 /// Commands on stdin, one answer line each:
 /// `tcp IP PORT` -> `<backend> <address it saw> <getpeername>`;
 /// `udp IP PORT` -> `<backend> <address it saw> <reply source>`;
+/// `uconn ID IP PORT` opens a connected UDP socket -> `<backend> <address it saw> <getpeername>`;
+/// `usend ID` sends on it again -> `<backend> <address it saw> <reply source>`;
 /// `loop IP PORT` starts connecting in a loop (every 10 ms) -> `started`;
 /// `stop` -> `<connections that worked> <failures> <first failure>`.
 const CLIENT_PY: &str = r#"
@@ -72,6 +74,7 @@ def loop(ip, port):
             if state['first'] == '-': state['first'] = type(e).__name__
         time.sleep(0.01)
 worker = None
+socks = {}
 for line in sys.stdin:
     p = line.split()
     try:
@@ -80,6 +83,13 @@ for line in sys.stdin:
         elif p[0] == 'udp':
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)
             s.sendto(b'x', (p[1], int(p[2]))); d, src = s.recvfrom(100); s.close()
+            out = d.decode() + ' ' + fmt(src)
+        elif p[0] == 'uconn':
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)
+            s.connect((p[2], int(p[3]))); socks[p[1]] = s; s.send(b'x')
+            d, src = s.recvfrom(100); out = d.decode() + ' ' + fmt(s.getpeername())
+        elif p[0] == 'usend':
+            s = socks[p[1]]; s.send(b'x'); d, src = s.recvfrom(100)
             out = d.decode() + ' ' + fmt(src)
         elif p[0] == 'loop':
             state['run'] = True
@@ -312,6 +322,18 @@ fn cluster_ip_services_from_yaml_survive_a_manager_crash() {
     assert!(ok >= 50, "the loop barely ran: {stop}");
     assert_eq!(failed, 0, "connections failed across the crash: {stop}");
 
+    // A connected UDP socket on b1, which then leaves the Service: the manager terminates
+    // the socket in the pod's namespace (b1 still listens: only that keeps it off b1).
+    let on_b1 = (0..40)
+        .map(|i| {
+            let [backend, ..] = client.fields(&format!("uconn u{i} 10.96.0.10 53"));
+            (i, backend)
+        })
+        .find(|(_, b)| b == "b1")
+        .map(|(i, _)| format!("u{i}"))
+        .expect("no connected UDP socket landed on b1 in 40 tries");
+    assert_eq!(client.fields(&format!("usend {on_b1}"))[0], "b1");
+
     // The restarted manager owns the table: b1 leaves the Service.
     svc.write("web.yaml", &services_yaml(&[a2.ip], a1.ip));
     assert!(
@@ -320,4 +342,18 @@ fn cluster_ip_services_from_yaml_survive_a_manager_crash() {
         }),
         "b1 still gets connections after it left the EndpointSlice"
     );
+    let after = client.cmd(&format!("usend {on_b1}"));
+    assert!(
+        after.starts_with("ERR"),
+        "the connected UDP socket still sends to the removed backend: {after}"
+    );
+    assert!(
+        c.a.log_has(&[
+            "connected UDP sockets to a removed backend terminated",
+            &a1.ns.name
+        ]),
+        "the manager did not log the termination in a1's namespace"
+    );
+    let [backend, _, peer] = client.fields("uconn again 10.96.0.10 53");
+    assert_eq!((backend.as_str(), peer.as_str()), ("a2", "10.96.0.10:53"));
 }
