@@ -1,5 +1,5 @@
 //! `SocketLb`: loads the embedded socket-LB object with its maps pinned (adopting maps a
-//! previous loader pinned), attaches the four hooks to a cgroup with pinned bpf_links, and
+//! previous loader pinned), attaches the eight hooks (four IPv4, four for IPv4-mapped IPv6 addresses) to a cgroup with pinned bpf_links, and
 //! applies service plans to the maps. It owns the kernel side of this crate; the planning
 //! lives in [`crate::service`].
 //!
@@ -33,11 +33,15 @@ use crate::{
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/eni-net";
 
 /// The programs of the object (function names in `socket_lb.bpf.c`).
-pub const PROGRAMS: [&str; 4] = [
+pub const PROGRAMS: [&str; 8] = [
     "sock4_connect",
     "sock4_sendmsg",
     "sock4_recvmsg",
     "sock4_getpeername",
+    "sock6_connect",
+    "sock6_sendmsg",
+    "sock6_recvmsg",
+    "sock6_getpeername",
 ];
 
 static SOCKET_LB_OBJ: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/socket_lb.bpf.o"));
@@ -185,7 +189,7 @@ impl SocketLb {
             .join(format!("cgroup-{}", meta.ino())))
     }
 
-    /// Attaches the four hooks to the cgroup v2 directory `cgroup` as bpf_links and pins
+    /// Attaches the eight hooks to the cgroup v2 directory `cgroup` as bpf_links and pins
     /// the links under `pin_dir/links/cgroup-<inode>/`, so they stay attached after this
     /// process exits. Idempotent: hooks whose link pin exists are left as they are.
     /// Returns how many hooks were newly attached.

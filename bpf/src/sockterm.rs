@@ -35,6 +35,7 @@ const NLMSG_HDRLEN: usize = 16;
 const SOCKID_LEN: usize = 48;
 const REQ_LEN: usize = 8 + SOCKID_LEN;
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 const IPPROTO_UDP: u8 = 17;
 
 fn diag_err(op: &'static str) -> impl Fn(nix::Error) -> BpfError {
@@ -44,7 +45,7 @@ fn diag_err(op: &'static str) -> impl Fn(nix::Error) -> BpfError {
     }
 }
 
-fn message(kind: u16, flags: u16, seq: u32, sockid: &[u8; SOCKID_LEN]) -> Vec<u8> {
+fn message(kind: u16, flags: u16, seq: u32, family: u8, sockid: &[u8; SOCKID_LEN]) -> Vec<u8> {
     let len = NLMSG_HDRLEN + REQ_LEN;
     let mut m = Vec::with_capacity(len);
     m.extend_from_slice(&(len as u32).to_ne_bytes());
@@ -53,7 +54,7 @@ fn message(kind: u16, flags: u16, seq: u32, sockid: &[u8; SOCKID_LEN]) -> Vec<u8
     m.extend_from_slice(&seq.to_ne_bytes());
     m.extend_from_slice(&0u32.to_ne_bytes());
     // struct inet_diag_req_v2
-    m.extend_from_slice(&[AF_INET, IPPROTO_UDP, 0, 0]);
+    m.extend_from_slice(&[family, IPPROTO_UDP, 0, 0]);
     m.extend_from_slice(&u32::MAX.to_ne_bytes()); // all states
     m.extend_from_slice(sockid);
     m
@@ -101,8 +102,28 @@ fn walk(
 }
 
 /// Destroys every UDP socket of the calling thread's network namespace whose peer is
-/// `backend`; returns how many were destroyed.
+/// `backend`: AF_INET sockets, and AF_INET6 ones connected to its IPv4-mapped form
+/// (`::ffff:a.b.c.d`, which the socket hooks translate too). Returns how many were destroyed.
 pub fn terminate_udp_sockets_to(backend: SocketAddrV4) -> Result<usize, BpfError> {
+    let mut destroyed = 0;
+    let mut seq = 1;
+    for family in [AF_INET, AF_INET6] {
+        destroyed += terminate_family(family, backend, &mut seq)?;
+    }
+    Ok(destroyed)
+}
+
+/// The peer address as `struct inet_diag_sockid` holds it for `family` (16 bytes, IPv4 in
+/// the first 4 for AF_INET).
+fn diag_dst(family: u8, backend: SocketAddrV4) -> Vec<u8> {
+    if family == AF_INET {
+        backend.ip().octets().to_vec()
+    } else {
+        backend.ip().to_ipv6_mapped().octets().to_vec()
+    }
+}
+
+fn terminate_family(family: u8, backend: SocketAddrV4, seq: &mut u32) -> Result<usize, BpfError> {
     let fd = open()?;
     let kernel = NetlinkAddr::new(0, 0);
     sendto(
@@ -110,25 +131,28 @@ pub fn terminate_udp_sockets_to(backend: SocketAddrV4) -> Result<usize, BpfError
         &message(
             SOCK_DIAG_BY_FAMILY,
             NLM_F_REQUEST | NLM_F_DUMP,
-            1,
+            *seq,
+            family,
             &[0; SOCKID_LEN],
         ),
         &kernel,
         MsgFlags::empty(),
     )
     .map_err(diag_err("dump request"))?;
+    *seq += 1;
 
     let dport = backend.port().to_be_bytes();
-    let dst = backend.ip().octets();
+    let dst = diag_dst(family, backend);
     let mut victims: Vec<[u8; SOCKID_LEN]> = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()).map_err(diag_err("dump"))?;
         let done = walk(&buf[..n], |_, p| {
-            // struct inet_diag_msg: family, state, timer, retrans, then the sockid.
+            // struct inet_diag_msg: family, state, timer, retrans, then the sockid
+            // (sport, dport, src[16], dst[16], ...).
             if p.len() >= 4 + SOCKID_LEN {
                 let id = &p[4..4 + SOCKID_LEN];
-                if id[2..4] == dport && id[20..24] == dst {
+                if id[2..4] == dport && id[20..20 + dst.len()] == dst[..] {
                     let mut v = [0u8; SOCKID_LEN];
                     v.copy_from_slice(id);
                     victims.push(v);
@@ -142,15 +166,16 @@ pub fn terminate_udp_sockets_to(backend: SocketAddrV4) -> Result<usize, BpfError
     }
 
     let mut destroyed = 0;
-    for (i, id) in victims.iter().enumerate() {
+    for id in &victims {
         let fd = open()?;
         sendto(
             fd.as_raw_fd(),
-            &message(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, i as u32 + 2, id),
+            &message(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, *seq, family, id),
             &kernel,
             MsgFlags::empty(),
         )
         .map_err(diag_err("destroy request"))?;
+        *seq += 1;
         let n = recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()).map_err(diag_err("destroy"))?;
         match walk(&buf[..n], |_, _| Ok(())) {
             Ok(_) => destroyed += 1,

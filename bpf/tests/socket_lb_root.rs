@@ -82,6 +82,17 @@ for line in sys.stdin:
         if p[0] == 'tcp':
             s = socket.create_connection((p[1], int(p[2])), timeout=3)
             out = s.makefile().readline().strip() + ' ' + fmt(s.getpeername()); s.close()
+        elif p[0] == 'tcp6':
+            s = socket.socket(socket.AF_INET6); s.settimeout(3); s.connect(('::ffff:' + p[1], int(p[2])))
+            out = s.makefile().readline().strip() + ' ' + fmt(s.getpeername()[:2]); s.close()
+        elif p[0] == 'udp6':
+            s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.settimeout(3)
+            s.sendto(b'x', ('::ffff:' + p[1], int(p[2]))); d, src = s.recvfrom(4096)
+            out = d.decode() + ' ' + fmt(src[:2]); s.close()
+        elif p[0] == 'uconn6':
+            s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.settimeout(3)
+            s.connect(('::ffff:' + p[2], int(p[3]))); socks[p[1]] = (s, None); s.send(b'x')
+            d, src = s.recvfrom(4096); out = d.decode() + ' ' + fmt(s.getpeername()[:2])
         elif p[0] == 'open':
             s = socket.create_connection((p[2], int(p[3])), timeout=3); f = s.makefile()
             socks[p[1]] = (s, f); out = f.readline().strip() + ' ' + fmt(s.getpeername())
@@ -97,7 +108,7 @@ for line in sys.stdin:
             d, src = s.recvfrom(4096); out = d.decode() + ' ' + fmt(src) + ' ' + fmt(s.getpeername())
         elif p[0] == 'usend':
             s, _ = socks[p[1]]; s.send(b'x'); d, src = s.recvfrom(4096)
-            out = d.decode() + ' ' + fmt(src)
+            out = d.decode() + ' ' + fmt(src[:2])
         else:
             out = 'ERR unknown'
     except Exception as e:
@@ -293,6 +304,57 @@ fn tcp_spreads_over_backends_and_getpeername_shows_the_vip() {
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].key, key);
     assert_eq!(listed[0].spec.backends.len(), 3);
+}
+
+/// Dual-stack sockets (AF_INET6) reaching an IPv4 Service through `::ffff:ClusterIP`, as
+/// the JVM and others do by default: translated like AF_INET ones, the ClusterIP shown back.
+#[test]
+fn ipv4_mapped_ipv6_sockets_are_translated_too() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut env = Env::new(&B[..2]);
+    let lb = env.load();
+    let both = active(&[be(2, 8080), be(3, 8080)]);
+    lb.upsert_service(vip(10, 80, Protocol::Tcp), &both)
+        .expect("upsert tcp");
+    lb.upsert_service(vip(10, 53, Protocol::Udp), &both)
+        .expect("upsert udp");
+    let mut c = env.client();
+    let mut tcp = BTreeSet::new();
+    let mut udp = BTreeSet::new();
+    for _ in 0..40 {
+        let (backend, peer) = c.pair("tcp6 10.96.0.10 80");
+        assert_eq!(
+            peer, "::ffff:10.96.0.10:80",
+            "getpeername6 shows the ClusterIP"
+        );
+        tcp.insert(backend);
+        let (backend, src) = c.pair("udp6 10.96.0.10 53");
+        assert_eq!(src, "::ffff:10.96.0.10:53", "recvmsg6 shows the ClusterIP");
+        udp.insert(backend);
+    }
+    let want: BTreeSet<String> = B[..2].iter().map(|s| s.to_string()).collect();
+    assert_eq!(tcp, want, "TCP spread");
+    assert_eq!(udp, want, "UDP spread");
+    // Not a service: untouched (and nothing listens there).
+    assert!(c.cmd("tcp6 10.96.0.10 81").starts_with("ERR"));
+
+    // A connected dual-stack UDP socket whose backend leaves is terminated too.
+    let (first, peer) = c.pair("uconn6 u1 10.96.0.10 53");
+    assert_eq!(peer, "::ffff:10.96.0.10:53");
+    assert_eq!(c.pair("usend u1").0, first);
+    let gone: SocketAddrV4 = first.parse().expect("addr");
+    let keep: Vec<_> = [be(2, 8080), be(3, 8080)]
+        .into_iter()
+        .filter(|a| *a != gone)
+        .collect();
+    env.lb()
+        .upsert_service(vip(10, 53, Protocol::Udp), &active(&keep))
+        .expect("remove");
+    let n = terminate_udp_sockets_in(&env.netns_path(), gone).expect("terminate");
+    assert_eq!(n, 1, "the mapped socket is terminated");
+    assert!(c.cmd("usend u1").starts_with("ERR"));
 }
 
 #[test]
