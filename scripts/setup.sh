@@ -11,7 +11,8 @@ APT_PACKAGES=(
   python3-yaml    # deploy/bootstrap/test.sh parses the YAML it writes
   ca-certificates
   curl
-  containernetworking-plugins  # reference CNI plugins (portmap, bandwidth) for chaining tests
+  containernetworking-plugins  # reference CNI plugins: chaining tests, the benchmarks' macvlan + host-local baseline
+  iptables        # the benchmarks' kube-proxy-style baseline (rules only inside a namespace of their own)
   qemu-system-x86 # the IPVLAN tests boot Debian's kernel in a VM (integration/vm)
   busybox-static  # the VM's shell
   kmod            # depmod/modprobe to pick the VM's modules

@@ -74,16 +74,23 @@ struct rev_key {
 
 /* rev_nat's value is the service key the socket was translated from. */
 
+/*
+ * Not preallocated: kernel memory follows the Services actually installed, so the limits can
+ * be those of a large cluster (65,536 frontends, 1,048,576 backend slots: 10,000 Services
+ * of 10 endpoints each use 10,000 and 100,000).
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 8192);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct svc_key);
 	__type(value, struct svc_val);
 } lb4_services SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 1048576);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct be_key);
 	__type(value, struct be_val);
 } lb4_backends SEC(".maps");

@@ -101,12 +101,15 @@ pub fn binary(name: &str, env: &str) -> PathBuf {
         assert!(p.is_file(), "{env}={} is not a file", p.display());
         return p;
     }
-    // <target>/debug/deps/<test exe> -> <target>/debug/<name>
+    // <target>/debug/deps/<test exe> -> <target>/debug/<name>; a binary that includes this
+    // harness (eni-bench) sits in <target>/<profile>/ itself.
     let exe = std::env::current_exe().expect("current_exe");
-    let candidate = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|d| d.join(name));
+    let dir = exe.parent().expect("the executable's directory");
+    let candidate = if dir.ends_with("deps") {
+        dir.parent().map(|d| d.join(name))
+    } else {
+        Some(dir.join(name))
+    };
     match candidate {
         Some(c) if c.is_file() => c,
         _ => panic!(
@@ -672,6 +675,11 @@ impl Manager {
         })
     }
 
+    /// The manager's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL, as a crash or an OOM kill would: nothing is cleaned up.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -732,6 +740,40 @@ pub fn pool_settings() -> Value {
 
 pub const MIN_IDLE: u32 = 2;
 
+/// How [`Cluster::start_opts`] builds the cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterOpts {
+    /// Both managers' `pool` section.
+    pub pool: Value,
+    /// Node A's manager runs the Service datapath.
+    pub services: bool,
+    /// ENIs per instance (primary included) and IPv4 addresses per ENI.
+    pub eni_quantity: u32,
+    pub ips_per_eni: u32,
+    /// The mock cloud's `timing` and `faults` sections.
+    pub timing: Value,
+    pub faults: Value,
+    /// How long the managers may take to warm their pools.
+    pub ready_within: Duration,
+    /// The nodes' vSwitch (it must hold 192.168.1.10 and .11, the nodes' addresses).
+    pub vswitch_cidr: &'static str,
+}
+
+impl Default for ClusterOpts {
+    fn default() -> Self {
+        ClusterOpts {
+            pool: pool_settings(),
+            services: false,
+            eni_quantity: 4,
+            ips_per_eni: 10,
+            timing: json!({"attach_ms": [200, 400], "detach_ms": 100, "delete_ms": 100, "metadata_lag_ms": 100}),
+            faults: json!({}),
+            ready_within: Duration::from_secs(30),
+            vswitch_cidr: "192.168.1.0/24",
+        }
+    }
+}
+
 impl Cluster {
     /// Starts everything with [`pool_settings`] and waits until both managers have a warm
     /// pool.
@@ -741,16 +783,29 @@ impl Cluster {
 
     /// Starts everything with these `pool` settings on both nodes.
     pub fn start_with(pool: &Value) -> Cluster {
-        Cluster::start_full(pool, false)
+        Cluster::start_opts(&ClusterOpts {
+            pool: pool.clone(),
+            ..ClusterOpts::default()
+        })
     }
 
     /// Starts everything, node A's manager with the eBPF Service datapath on (file source,
     /// a private bpffs, a cgroup of its own: see [`SvcNode`]).
     pub fn start_with_services() -> Cluster {
-        Cluster::start_full(&pool_settings(), true)
+        Cluster::start_opts(&ClusterOpts {
+            services: true,
+            ..ClusterOpts::default()
+        })
     }
 
-    fn start_full(pool: &Value, services: bool) -> Cluster {
+    /// Starts everything as `opts` says, and waits until both managers hold `min_idle`
+    /// idle addresses (the pool's `min_idle`, else [`MIN_IDLE`]).
+    pub fn start_opts(opts: &ClusterOpts) -> Cluster {
+        let pool = &opts.pool;
+        let services = opts.services;
+        let min_idle = pool["min_idle"]
+            .as_u64()
+            .map_or(MIN_IDLE, |n| u32::try_from(n).unwrap_or(MIN_IDLE));
         let pid = std::process::id();
         let n = next_seq();
         let suffix = if n == 0 {
@@ -780,15 +835,17 @@ impl Cluster {
             "region": "cn-hangzhou",
             "zones": [ZONE],
             "vpc": {"id": "vpc-e2e", "cidr": "192.168.0.0/16"},
-            "vswitches": [{"id": VSWITCH, "zone": ZONE, "cidr": "192.168.1.0/24"}],
+            "vswitches": [{"id": VSWITCH, "zone": ZONE, "cidr": opts.vswitch_cidr}],
             "security_groups": ["sg-nodes"],
             "instance_types": [{
-                "id": "ecs.e2e", "eni_quantity": 4, "eni_private_ip_address_quantity": 10,
+                "id": "ecs.e2e", "eni_quantity": opts.eni_quantity,
+                "eni_private_ip_address_quantity": opts.ips_per_eni,
                 "eni_ipv6_address_quantity": 0, "prefix_support": false
             }],
             "instances": [instance("i-node-a", ip_a, &node_a), instance("i-node-b", ip_b, &node_b)],
             "access_keys": [{"id": KEY_ID, "secret": KEY_SECRET}],
-            "timing": {"attach_ms": [200, 400], "detach_ms": 100, "delete_ms": 100, "metadata_lag_ms": 100},
+            "timing": opts.timing,
+            "faults": opts.faults,
             "hypervisor": {"vpc_netns": format!("e2evpc-{suffix}")}
         });
         let mock = MockCloud::start(&world, dir.path());
@@ -808,8 +865,8 @@ impl Cluster {
             &svc_a.as_ref().map_or(Value::Null, SvcNode::config),
         );
         let mut b = Manager::start(&dir.path().join("node-b"), &node_b.name, 19411, pool);
-        a.wait_ready(MIN_IDLE, Duration::from_secs(30));
-        b.wait_ready(MIN_IDLE, Duration::from_secs(30));
+        a.wait_ready(min_idle, opts.ready_within);
+        b.wait_ready(min_idle, opts.ready_within);
         // Each manager found its own instance through the metadata service, by the source
         // address of its requests.
         assert_eq!(a.status().node.instance_id, "i-node-a");
