@@ -234,11 +234,28 @@ impl SocketLb {
     }
 
     /// Detaches the hooks from `cgroup` by removing their link pins (a bpf_link with no pin
-    /// and no open file descriptor is released by the kernel). Same as
-    /// `rm -r <pin_dir>/links/cgroup-<inode>`. Keeps going past errors, returns the first.
+    /// and no open file descriptor is released by the kernel), and returns once the kernel
+    /// has released them (`rm -r <pin_dir>/links/cgroup-<inode>` does the same, but the hooks
+    /// may stay a moment longer). Keeps going past errors, returns the first.
     pub fn detach(&self, cgroup: impl AsRef<Path>) -> Result<(), BpfError> {
         let dir = self.link_dir(cgroup.as_ref())?;
         remove_link_dir(&dir)
+    }
+}
+
+/// Waits (up to a second) until none of the link ids is loaded any more.
+fn wait_released(ids: &[u32]) {
+    if ids.is_empty() {
+        return;
+    }
+    for _ in 0..100 {
+        let live = aya::programs::loaded_links()
+            .filter_map(Result::ok)
+            .any(|l| ids.contains(&l.id()));
+        if !live {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
 
@@ -247,13 +264,32 @@ fn remove_link_dir(dir: &Path) -> Result<(), BpfError> {
         return Ok(());
     }
     let mut first = None;
+    let mut released = Vec::new();
     let entries = fs::read_dir(dir).map_err(|e| BpfError::io("read link dir", dir, e))?;
     for entry in entries.flatten() {
         let p = entry.path();
-        if let Err(e) = fs::remove_file(&p) {
-            first.get_or_insert(BpfError::io("unpin", p, e));
+        // Open the link before removing its pin, and close it last: the kernel releases a
+        // link synchronously when its last file descriptor closes, but only later (from a
+        // work queue) when the last reference was a pin. So when this returns, the hook is
+        // off the cgroup.
+        match PinnedLink::from_pin(&p).map(PinnedLink::unpin) {
+            Ok(Ok(fd)) => {
+                if let Ok(info) = fd.info() {
+                    released.push(info.id());
+                }
+                drop(fd);
+            }
+            Ok(Err(e)) => {
+                first.get_or_insert(BpfError::io("unpin", p, e));
+            }
+            Err(_) => {
+                if let Err(e) = fs::remove_file(&p) {
+                    first.get_or_insert(BpfError::io("unpin", p, e));
+                }
+            }
         }
     }
+    wait_released(&released);
     if let Err(e) = fs::remove_dir(dir) {
         first.get_or_insert(BpfError::io("remove link dir", dir, e));
     }
