@@ -27,6 +27,17 @@ need_root() {
   fi
 }
 
+# `--demo`: only what the demo (scripts/demo.sh) needs: no VM packages, no moto_server.
+DEMO=0
+[ "${1:-}" = "--demo" ] && DEMO=1
+if [ "$DEMO" -eq 1 ]; then
+  keep=()
+  for p in "${APT_PACKAGES[@]}"; do
+    case "$p" in qemu-system-x86|busybox-static|kmod|cpio|python3-pip|python3-yaml|iptables) ;; *) keep+=("$p") ;; esac
+  done
+  APT_PACKAGES=("${keep[@]}")
+fi
+
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -51,6 +62,11 @@ fi
 if command -v rustup >/dev/null 2>&1; then
   rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
   rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+fi
+
+if [ "$DEMO" -eq 1 ]; then
+  echo "setup: ok (demo)"
+  exit 0
 fi
 
 # moto_server: the EC2 emulator the AWS tests start themselves.

@@ -19,6 +19,12 @@ echo "== cargo build (binaries the black-box tests start)"
 cargo build --workspace --bins --locked
 echo "== cargo test"
 cargo test --workspace --all-features --locked -- --test-threads="${TEST_THREADS:-4}"
+if [ "$(id -u)" -eq 0 ]; then
+  echo "== the demo (README's first command, without its set-up and build)"
+  "${CARGO_TARGET_DIR:-target}/debug/eni-demo"
+else
+  echo "SKIPPED: the demo needs root (network namespaces, eBPF)" >&2
+fi
 echo "== Helm chart checks (offline: lint, render, Kubernetes schemas, yamllint)"
 bash helm/check.sh
 echo "== node bootstrap test (under a temporary --root; no systemctl)"
