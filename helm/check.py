@@ -7,13 +7,15 @@
    chart supports and the newest the validator knows. The ServiceMonitor is a CRD kind with
    no bundled schema: it is skipped, by name, with a note.
 3. What the rendered objects must say for each values file (credentials wiring, mounts,
-   probes, the conflist, the manager's configuration); with an eni-manager binary at hand
-   (ENI_MANAGER_BIN or target/debug/eni-manager), `eni-manager --check-config` on each
-   rendered configuration.
+   probes, the conflist, the manager's configuration, the Service load balancing wiring or
+   its absence); with an eni-manager binary at hand (ENI_MANAGER_BIN or
+   target/debug/eni-manager), `eni-manager --check-config` on each rendered configuration,
+   with the environment the downward API gives.
 4. Rendering without the required values (and with values that cannot work) fails with a
    message naming each problem.
 5. The cni-config program writes the conflist only once /readyz answers 200 (run against a
-   local HTTP server standing in for the manager).
+   local HTTP server standing in for the manager); mount-bpffs mounts a bpffs only where the
+   mount table shows none (stand-in mount table and `mount`).
 6. yamllint of the values files and of the rendered output; every value is in the README.
 
 Prints `helm: N passed, M failed` and exits 1 if anything failed.
@@ -144,9 +146,27 @@ def validate_schemas(values_file: Path) -> None:
     assert not errors, "\n  ".join(errors)
 
 
+STALE_NOTE = ""
+
+
 def manager_bin() -> str | None:
-    cand = os.environ.get("ENI_MANAGER_BIN") or str(REPO / "target" / "debug" / "eni-manager")
-    return cand if os.access(cand, os.X_OK) else None
+    """ENI_MANAGER_BIN, always; else target/debug/eni-manager unless it is older than the
+    manager's configuration code (it would judge the rendered file by an old manager's rules;
+    scripts/test.sh builds before running this, so there it is fresh)."""
+    global STALE_NOTE
+    explicit = os.environ.get("ENI_MANAGER_BIN")
+    if explicit:
+        return explicit if os.access(explicit, os.X_OK) else None
+    cand = REPO / "target" / "debug" / "eni-manager"
+    if not os.access(cand, os.X_OK):
+        return None
+    sources = list((REPO / "eni-manager" / "src").rglob("*.rs"))
+    newest = max((f for f in sources), key=lambda f: f.stat().st_mtime, default=None)
+    if newest and newest.stat().st_mtime > cand.stat().st_mtime:
+        STALE_NOTE = (f"{cand.relative_to(REPO)} is older than {newest.relative_to(REPO)}; "
+                      "rebuild it or set ENI_MANAGER_BIN")
+        return None
+    return str(cand)
 
 
 def semantics(values_file: Path) -> None:
@@ -200,7 +220,10 @@ def semantics(values_file: Path) -> None:
     # The manager's configuration file.
     cm = one(objs, "ConfigMap")
     cfg = yaml.safe_load(cm["data"]["config.yaml"])
-    assert set(cfg) == {"cloud", "cluster", "network", "pool", "gc", "daemon"}, set(cfg)
+    svc_on = bool(values.get("services", {}).get("enabled", False))
+    sections = {"cloud", "cluster", "network", "pool", "gc", "daemon"} | ({"services"} if svc_on else set())
+    assert set(cfg) == sections, set(cfg)
+    services_wiring(values, ds, cm, cfg)
     want_creds = {"aliyun": "ram_role" if source == "ramRole" else "env", "aws": "chain"}[provider]
     assert cfg["cloud"]["credentials"] == want_creds, cfg["cloud"]["credentials"]
     assert cfg["cluster"]["id"] == values["config"]["cluster"]["id"]
@@ -229,12 +252,120 @@ def semantics(values_file: Path) -> None:
             f.write(cm["data"]["config.yaml"])
             f.flush()
             env = {k: v for k, v in os.environ.items() if not k.startswith("ENI_MANAGER")}
+            # What the DaemonSet's downward API gives the manager (spec.nodeName).
+            env.update(downward_env(mgr, NODE_NAME))
             r = subprocess.run([binary, "--config", f.name, "--check-config"],
                                capture_output=True, text=True, env=env, timeout=60)
             assert r.returncode == 0, f"eni-manager --check-config: {r.stderr.strip()}"
+            if svc_on:
+                # The configuration the manager ends up with (it prints it): the chart's
+                # paths and the node name from the environment.
+                got = yaml.safe_load(r.stdout)["services"]
+                want = dict(cfg["services"], node_name=NODE_NAME)
+                diff = {k: (got.get(k), v) for k, v in want.items() if got.get(k) != v}
+                assert not diff, f"eni-manager --check-config services (got, want): {diff}"
     else:
-        print(f"     note: {values_file.name}: no eni-manager binary (build it or set "
-              "ENI_MANAGER_BIN); the rendered config was not checked by --check-config")
+        why = STALE_NOTE or "no eni-manager binary (build it or set ENI_MANAGER_BIN)"
+        print(f"     note: {values_file.name}: {why}; the rendered config was not checked "
+              "by --check-config")
+
+
+# The node name the downward API would give (spec.nodeName), for --check-config.
+NODE_NAME = "cn-hangzhou.192.168.1.7"
+
+
+def downward_env(c: dict, node_name: str) -> dict[str, str]:
+    """The container's env entries that come from spec.nodeName, resolved to node_name."""
+    out = {}
+    for e in c.get("env", []):
+        ref = e.get("valueFrom", {}).get("fieldRef", {})
+        if ref.get("fieldPath") == "spec.nodeName":
+            out[e["name"]] = node_name
+    return out
+
+
+def services_wiring(values: dict, ds: dict, cm: dict, cfg: dict) -> None:
+    """services.enabled: the manager's `services` section points at the DaemonSet's mounts
+    (bpffs Bidirectional, cgroup v2 root, the files ConfigMap), the node name comes from the
+    downward API, an init container mounts a bpffs. Disabled: none of it exists."""
+    svc = values.get("services", {})
+    bpf = values.get("bpf", {})
+    spec = ds["spec"]["template"]["spec"]
+    mgr = container(ds, "eni-manager")
+    vols = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["mountPath"]: m for m in mgr["volumeMounts"]}
+    inits = [c["name"] for c in spec["initContainers"]]
+    env = {e["name"]: e for e in mgr.get("env", [])}
+    if not svc.get("enabled", False):
+        assert "services" not in cfg, "services section rendered while services.enabled is false"
+        host_paths = {v["hostPath"]["path"] for v in vols.values() if "hostPath" in v}
+        assert not {p for p in host_paths if p.startswith(("/sys", "/proc"))}, host_paths
+        assert set(vols) == {"config", "cni-files", "run-dir", "state-dir", "netns-dir",
+                             "cni-bin-dir", "cni-conf-dir"}, set(vols)
+        assert inits == ["install-cni"], inits
+        assert not [n for n in env if n.startswith("ENI_MANAGER__SERVICES__")
+                    or n.startswith("KUBERNETES_SERVICE_")], sorted(env)
+        assert "mount-bpffs.sh" not in cm["data"], "mount-bpffs.sh rendered while services are off"
+        return
+    source = svc.get("source", "kubernetes")
+    host_bpffs = bpf.get("hostBpffs", "/sys/fs/bpf")
+    pin_dir = bpf.get("pinDir", "/sys/fs/bpf/eni-net")
+    cgroup_root = svc.get("cgroupRoot", "/sys/fs/cgroup")
+    sc = cfg["services"]
+    assert sc["enabled"] is True and sc["source"] == source, sc
+    assert "kubeconfig" not in sc, "in a pod the manager uses the in-cluster service account"
+    assert "node_name" not in sc, "the node name is per node: from the downward API, not the file"
+
+    # Pins on the node's bpffs, visible in the manager through a Bidirectional hostPath.
+    assert sc["bpf_pin_dir"] == pin_dir, sc["bpf_pin_dir"]
+    bpffs_mount = mounts.get(host_bpffs)
+    assert bpffs_mount, f"manager lacks the bpffs mount {host_bpffs}"
+    assert bpffs_mount.get("mountPropagation") == "Bidirectional", bpffs_mount
+    assert pin_dir.startswith(bpffs_mount["mountPath"] + "/"), "pin dir not on the mounted bpffs"
+    bpffs_vol = vols[bpffs_mount["name"]]["hostPath"]
+    assert bpffs_vol == {"path": host_bpffs, "type": "DirectoryOrCreate"}, bpffs_vol
+
+    # The init container that mounts a bpffs there, with the node seeing the mount.
+    assert inits == ["install-cni", "mount-bpffs"], inits
+    mb = container(ds, "mount-bpffs", init=True)
+    assert mb["securityContext"] == {"privileged": True}, "mount(2) and Bidirectional need privileged"
+    assert mb["command"] == ["/bin/sh", "/etc/eni-net/mount-bpffs.sh"]
+    assert {e["name"]: e["value"] for e in mb["env"]} == {"BPFFS": host_bpffs}
+    mb_mounts = {m["mountPath"]: m for m in mb["volumeMounts"]}
+    assert mb_mounts[host_bpffs]["name"] == bpffs_mount["name"]
+    assert mb_mounts[host_bpffs].get("mountPropagation") == "Bidirectional", mb_mounts[host_bpffs]
+    items = {i["key"] for i in vols["cni-files"]["configMap"]["items"]}
+    assert "mount-bpffs.sh" in items and "mount-bpffs.sh" in cm["data"], "mount-bpffs.sh not mounted"
+    assert mb["image"] == container(ds, "install-cni", init=True)["image"], "not the chart's image"
+
+    # The hooks attach to the node's cgroup v2 root, read-only.
+    cg_mount = mounts.get(sc["cgroup"])
+    assert cg_mount, f"services.cgroup {sc['cgroup']} is not a mount of the manager"
+    assert cg_mount.get("readOnly") is True, "the cgroup root must be mounted read-only"
+    cg_vol = vols[cg_mount["name"]]["hostPath"]
+    assert cg_vol == {"path": cgroup_root, "type": "Directory"}, cg_vol
+
+    # The source.
+    if source == "files":
+        assert sc["dir"] in mounts, f"services.dir {sc['dir']} is not mounted"
+        files_vol = vols[mounts[sc["dir"]]["name"]]
+        assert files_vol["configMap"]["name"] == svc["configMap"], files_vol
+    else:
+        assert "dir" not in sc, "services.dir is only for the files source"
+    ref = env["ENI_MANAGER__SERVICES__NODE_NAME"]["valueFrom"]["fieldRef"]
+    assert ref["fieldPath"] == "spec.nodeName", ref
+    if svc.get("k8sServiceHost"):
+        assert env["KUBERNETES_SERVICE_HOST"]["value"] == svc["k8sServiceHost"]
+        assert env["KUBERNETES_SERVICE_PORT"]["value"] == str(svc.get("k8sServicePort", 443))
+    else:
+        assert "KUBERNETES_SERVICE_HOST" not in env, "the kubelet's in-cluster default applies"
+
+    # No other container gets the node's bpffs or cgroups.
+    for c in spec["containers"] + spec["initContainers"]:
+        if c["name"] in ("eni-manager", "mount-bpffs"):
+            continue
+        names = {m["name"] for m in c["volumeMounts"]}
+        assert not names & {bpffs_mount["name"], cg_mount["name"]}, f"{c['name']} mounts {names}"
 
 
 def render_fails(values: dict, *expected: str) -> None:
@@ -281,6 +412,41 @@ def bad_combinations() -> None:
     render_fails(with_({"config.cluster.tags": {"eni-net.io/node": "x"}}), "prefix is reserved")
     render_fails(with_({"cni.mode": "fast"}), 'cni.mode "fast"')
     render_fails(with_({"config.cloud.provider": "gcp"}), "must be aliyun or aws")
+
+    # Service load balancing: the chart owns the paths; each bad value is named with its fix.
+    render_fails(with_({"config.services": {"enabled": True}}),
+                 "config.services is set by the chart", "use services.enabled")
+    render_fails(with_({"extraEnv": [{"name": "ENI_MANAGER__SERVICES__ENABLED", "value": "true"}]}),
+                 "extraEnv ENI_MANAGER__SERVICES__ENABLED: the services section is set by the chart")
+    render_fails(with_({"services.enabled": True, "services.source": "etcd"}),
+                 'services.source "etcd": use kubernetes', "or files")
+    render_fails(with_({"services.enabled": True, "services.source": "files"}),
+                 "services.configMap is required when services.source is files")
+    render_fails(with_({"services.enabled": True, "services.configMap": "svc"}),
+                 'services.configMap "svc" is only read with services.source files')
+    render_fails(with_({"services.enabled": True, "services.cgroupRoot": "sys/fs/cgroup"}),
+                 'services.cgroupRoot "sys/fs/cgroup" must be', "absolute path", "like /sys/fs/cgroup")
+    render_fails(with_({"services.enabled": True, "services.cgroupRoot": "/sys/fs/cgroup/"}),
+                 'services.cgroupRoot "/sys/fs/cgroup/" must be')
+    render_fails(with_({"services.enabled": True, "bpf.pinDir": "/run/eni-net/bpf"}),
+                 'bpf.pinDir "/run/eni-net/bpf" must be a directory under bpf.hostBpffs "/sys/fs/bpf"',
+                 "like /sys/fs/bpf/eni-net")
+    render_fails(with_({"services.enabled": True, "bpf.pinDir": "/sys/fs/bpf"}),
+                 'bpf.pinDir "/sys/fs/bpf" must be a directory under bpf.hostBpffs')
+    render_fails(with_({"services.enabled": True, "bpf.pinDir": "/sys/fs/bpf/../eni-net"}),
+                 'bpf.pinDir "/sys/fs/bpf/../eni-net" must be an absolute path')
+    render_fails(with_({"services.enabled": True, "bpf.hostBpffs": "bpf"}),
+                 'bpf.hostBpffs "bpf" must be an absolute path', "like /sys/fs/bpf")
+    render_fails(with_({"services.enabled": True, "services.k8sServiceHost": "https://10.0.0.1:6443"}),
+                 'services.k8sServiceHost "https://10.0.0.1:6443": give the API server\'s host name')
+    render_fails(with_({"services.enabled": True, "services.k8sServiceHost": "10.0.0.1",
+                        "services.k8sServicePort": 0}),
+                 "services.k8sServicePort 0: use the API server's port")
+    # Several at once, each named (like the other problems).
+    render_fails(with_({"services.enabled": True, "services.source": "files",
+                        "services.cgroupRoot": "", "bpf.pinDir": "/tmp/pins"}),
+                 "3 problem(s)", "services.configMap is required", "services.cgroupRoot",
+                 'bpf.pinDir "/tmp/pins"')
 
 
 class _Readyz(http.server.BaseHTTPRequestHandler):
@@ -341,6 +507,83 @@ def cni_config_waits_for_ready() -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
             server.shutdown()
+
+
+def mount_bpffs_script() -> None:
+    """mount-bpffs mounts a bpffs only when the mount table shows none at $BPFFS (the last
+    mount there wins), and fails, naming the path, when the mount does not take. Run with a
+    stand-in mount table and a stand-in `mount` that records its arguments and appends the
+    new mount to the table, as the kernel would."""
+    manifests = render(load_values(CI / "aliyun-services-values.yaml"))
+    cm = one(objects(manifests), "ConfigMap")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        script = tmp / "mount-bpffs.sh"
+        script.write_text(cm["data"]["mount-bpffs.sh"])
+        (tmp / "bin").mkdir()
+        calls = tmp / "calls"
+        fake = tmp / "bin" / "mount"
+        fake.write_text('#!/bin/sh\necho "$*" >> "$CALLS"\n'
+                        '[ "${FAKE_MOUNT_FAILS:-}" = 1 ] && exit 32\n'
+                        '[ "${FAKE_MOUNT_NOOP:-}" = 1 ] && exit 0\n'
+                        'echo "bpf $4 bpf rw,relatime 0 0" >> "$PROC_MOUNTS"\n')
+        fake.chmod(0o755)
+        table = tmp / "mounts"
+
+        def run(lines: list[str], **extra: str) -> subprocess.CompletedProcess:
+            table.write_text("".join(line + "\n" for line in lines))
+            calls.write_text("")
+            env = dict(os.environ, BPFFS="/sys/fs/bpf", PROC_MOUNTS=str(table),
+                       CALLS=str(calls), PATH=f"{tmp / 'bin'}:{os.environ['PATH']}", **extra)
+            return subprocess.run(["/bin/sh", str(script)], env=env, capture_output=True,
+                                  text=True, timeout=30)
+
+        base = ["sysfs /sys sysfs rw,nosuid 0 0", "cgroup2 /sys/fs/cgroup cgroup2 rw 0 0"]
+        # Already a bpffs: nothing mounted.
+        r = run(base + ["bpf /sys/fs/bpf bpf rw,nosuid,nodev,noexec,relatime,mode=700 0 0"])
+        assert r.returncode == 0 and calls.read_text() == "", (r.stdout, r.stderr, calls.read_text())
+        assert "already a bpf filesystem" in r.stdout
+        # No mount of its own (a plain sysfs directory, or a prefix-named path): mounted.
+        r = run(base + ["bpf /sys/fs/bpf2 bpf rw 0 0"])
+        assert r.returncode == 0, r.stderr
+        assert calls.read_text() == "-t bpf bpf /sys/fs/bpf\n", calls.read_text()
+        assert "mounted a bpf filesystem at /sys/fs/bpf" in r.stdout
+        # A bpffs hidden by a later mount on top: mounted again.
+        r = run(base + ["bpf /sys/fs/bpf bpf rw 0 0", "tmpfs /sys/fs/bpf tmpfs rw 0 0"])
+        assert r.returncode == 0 and calls.read_text() == "-t bpf bpf /sys/fs/bpf\n", r.stderr
+        # mount fails: exit 1 with the reason to look at.
+        r = run(base, FAKE_MOUNT_FAILS="1")
+        assert r.returncode == 1 and "mount -t bpf bpf /sys/fs/bpf failed" in r.stderr, r.stderr
+        assert "privileged" in r.stderr
+        # mount "succeeds" but the table shows no bpffs: refused, not believed.
+        r = run(base, FAKE_MOUNT_NOOP="1")
+        assert r.returncode == 1 and "shows nothing at /sys/fs/bpf, not bpf" in r.stderr, r.stderr
+
+
+def mount_bpffs_real() -> None:
+    """As root: the script in a private mount namespace (nothing reaches this machine's
+    mounts) against a temporary directory, with the real `mount` and /proc/mounts: the first
+    run mounts a bpffs, the second finds it and mounts nothing."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        script = tmp / "mount-bpffs.sh"
+        script.write_text((CHART / "files" / "mount-bpffs.sh").read_text())
+        target = tmp / "bpffs"
+        target.mkdir()
+        inner = (f'sh {script} && sh {script} && '
+                 f'while read -r d m t r; do [ "$m" = "{target}" ] && echo "TYPE $t"; done </proc/mounts; '
+                 f'stat -f -c "MAGIC %t" {target}')
+        r = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", inner],
+                           env=dict(os.environ, BPFFS=str(target)), capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+        out = r.stdout
+        assert out.count("mounting one") == 1 and "mounted a bpf filesystem" in out, out
+        assert "is already a bpf filesystem" in out, out
+        assert out.count("TYPE bpf") == 1, out
+        assert "MAGIC cafe4a11" in out, out  # BPF_FS_MAGIC
+        leaked = [line for line in Path("/proc/mounts").read_text().splitlines() if str(target) in line]
+        assert not leaked, f"the mount leaked out of the namespace: {leaked}"
 
 
 def install_cni_script() -> None:
@@ -450,6 +693,12 @@ def main() -> int:
     check("render with values that cannot work fails naming the problem", bad_combinations)
     check("scripts parse (sh -n)", scripts_parse)
     check("install-cni installs the binary atomically", install_cni_script)
+    check("mount-bpffs mounts a bpffs only where there is none", mount_bpffs_script)
+    if os.geteuid() == 0 and subprocess.run(["sh", "-c", "command -v unshare"],
+                                            capture_output=True).returncode == 0:
+        check("mount-bpffs mounts a real bpffs (root, private mount namespace)", mount_bpffs_real)
+    else:
+        print("     note: mount-bpffs against a real bpffs not run (needs root and unshare)")
     check("cni-config writes the conflist only once /readyz is 200", cni_config_waits_for_ready)
     check("yamllint values files and rendered output", yamllint_files)
     check("README lists every value", readme_lists_values)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Offline checks of the Helm chart (no cluster, no helm binary): lint --strict, render with
 # every values file in helm/ci/, validate the objects against Kubernetes schemas, check the
-# failure messages and the two node scripts, yamllint. See helm/check.py.
+# failure messages and the three node scripts, yamllint. See helm/check.py.
 # Prints "helm: N passed, M failed" and exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")"

@@ -17,6 +17,28 @@ pub enum BpfError {
         #[source]
         source: Box<aya::EbpfError>,
     },
+    /// An embedded eBPF object other than the socket LB's could not be loaded.
+    #[error("loading the {object} object with maps pinned under {pin_dir}")]
+    LoadObject {
+        /// Which object (`"nodeport"`).
+        object: &'static str,
+        /// The pin directory.
+        pin_dir: PathBuf,
+        /// What aya reported.
+        #[source]
+        source: Box<aya::EbpfError>,
+    },
+    /// A tc (clsact qdisc or filter) operation on a link failed.
+    #[error("link {link}: tc {op} failed")]
+    Tc {
+        /// The link name (in the network namespace it was looked up in).
+        link: String,
+        /// The operation (`"add clsact"`, `"detach"`).
+        op: &'static str,
+        /// What aya reported.
+        #[source]
+        source: Box<aya::programs::tc::TcError>,
+    },
     /// A filesystem operation on a pin directory, link pin or cgroup failed.
     #[error("{op} {path}")]
     Io {

@@ -7,9 +7,13 @@
 //!   update planner.
 //! - [`SocketLb`]: the aya loader — pinned maps, pinned links, map updates.
 //! - [`terminate_udp_sockets_to`]: moves connected UDP sockets off a removed backend.
+//! - [`NodePortLb`]: the per-packet path (`src/bpf/nodeport.bpf.c`, tc on the node's links)
+//!   for NodePort, externalIPs and LoadBalancer IPs reached from outside the node.
 //!
-//! It does not decide what the services are (the manager's reconciler does) and does not
-//! handle traffic a socket hook cannot see (NodePort, tc: elsewhere).
+//! - [`policy`]: NetworkPolicy and anti-spoofing at tc on pod links (`src/bpf/policy.bpf.c`):
+//!   [`PolicyDatapath`] holds the pinned maps, [`policy::attach`] puts the programs on a link.
+//!
+//! It does not decide what the services are (the manager's reconciler does).
 
 #![deny(missing_docs)]
 
@@ -17,11 +21,18 @@ mod error;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
 pub mod maps;
+mod nodeport;
+pub mod policy;
 pub mod service;
 mod socket_lb;
 mod sockterm;
 
 pub use error::BpfError;
+pub use nodeport::{
+    unpin_nodeport, ExternalFrontends, NodeLink, NodePortLb, TrafficPolicy, NODEPORT_PROGRAMS,
+    TC_HANDLE, TC_PRIORITY,
+};
+pub use policy::{LinkSide, PolicyDatapath, PolicyError};
 pub use service::{
     Backend, BackendState, DatapathMaps, MapOp, Protocol, ServiceEntry, ServiceKey, ServiceSpec,
     UpsertOutcome,

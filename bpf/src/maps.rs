@@ -140,6 +140,128 @@ pub struct RevKey {
     pub pad: u16,
 }
 
+/// Pinned name of the per-packet frontends map: [`SvcKey`] -> [`NpFrontendVal`]. A frontend
+/// listed here is served by the tc programs of `src/bpf/nodeport.bpf.c` for packets arriving
+/// on the node's links; its backends are those of the same key in [`SERVICES_MAP`].
+pub const NP_FRONTENDS_MAP: &str = "np4_frontends";
+/// Pinned name of the node-links map: [`NpLinkKey`] -> [`NpLinkVal`] (links the tc programs
+/// are attached to, with the node address used to SNAT through each).
+pub const NP_LINKS_MAP: &str = "np4_links";
+/// Pinned name of the per-packet connection-tracking LRU map: [`CtKey`] -> [`CtVal`].
+pub const NP_CT_MAP: &str = "np4_ct";
+/// Pinned name of the per-packet ClientIP affinity LRU map: [`NpAffKey`] -> [`AffVal`].
+pub const NP_AFFINITY_MAP: &str = "np4_affinity";
+/// The maps only the per-packet (NodePort) object has, in a fixed order.
+pub const NP_OWN_MAPS: [&str; 4] = [NP_FRONTENDS_MAP, NP_LINKS_MAP, NP_CT_MAP, NP_AFFINITY_MAP];
+/// Every map of the per-packet object: the shared services and backends maps, then its own.
+pub const NP_ALL_MAPS: [&str; 6] = [
+    SERVICES_MAP,
+    BACKENDS_MAP,
+    NP_FRONTENDS_MAP,
+    NP_LINKS_MAP,
+    NP_CT_MAP,
+    NP_AFFINITY_MAP,
+];
+
+/// `NpFrontendVal::flags`: `externalTrafficPolicy: Local` (only backends behind this node,
+/// client address kept). Without it: `Cluster` (any backend; SNAT for remote ones).
+pub const FE_F_LOCAL: u32 = 1;
+/// `NpLinkVal::flags`: the ingress program is attached.
+pub const LINK_F_INGRESS: u32 = 1;
+/// `NpLinkVal::flags`: the egress program is attached.
+pub const LINK_F_EGRESS: u32 = 2;
+/// `CtVal::flags`: entry for the client -> frontend direction.
+pub const CT_F_FORWARD: u8 = 1;
+/// `CtVal::flags`: entry for the backend -> client (or node) direction.
+pub const CT_F_REPLY: u8 = 2;
+/// `CtVal::flags`: the client was SNATed to a node address.
+pub const CT_F_SNAT: u8 = 4;
+/// Lowest source port the per-packet path SNATs to (above Linux's default ephemeral range,
+/// `ip_local_port_range` 32768-60999, so node sockets and SNAT never share a port).
+pub const SNAT_PORT_MIN: u16 = 61000;
+/// Highest SNAT source port.
+pub const SNAT_PORT_MAX: u16 = 65535;
+
+/// Value of `np4_frontends`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NpFrontendVal {
+    /// [`FE_F_LOCAL`] or 0.
+    pub flags: u32,
+}
+
+/// Key of `np4_links`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NpLinkKey {
+    /// Interface index, in the network namespace the programs are attached in.
+    pub ifindex: u32,
+}
+
+/// Value of `np4_links`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NpLinkVal {
+    /// The node address clients are SNATed to when a backend is reached through this link,
+    /// network byte order.
+    pub node_ip: u32,
+    /// [`LINK_F_INGRESS`] | [`LINK_F_EGRESS`].
+    pub flags: u32,
+}
+
+/// Key of `np4_ct`: a packet's addresses, ports and protocol as it arrives.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    /// Source address, network byte order.
+    pub saddr: u32,
+    /// Destination address, network byte order.
+    pub daddr: u32,
+    /// Source port, network byte order.
+    pub sport: u16,
+    /// Destination port, network byte order.
+    pub dport: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Always zero.
+    pub pad: [u8; 3],
+}
+
+/// Value of `np4_ct`: what the packet's addresses and ports become.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtVal {
+    /// New source address, network byte order.
+    pub saddr: u32,
+    /// New destination address, network byte order.
+    pub daddr: u32,
+    /// New source port, network byte order.
+    pub sport: u16,
+    /// New destination port, network byte order.
+    pub dport: u16,
+    /// [`CT_F_FORWARD`] or [`CT_F_REPLY`], with [`CT_F_SNAT`].
+    pub flags: u8,
+    /// Always zero.
+    pub pad: [u8; 3],
+    /// Forward entries: the service id the backend was picked from (0 in reply entries).
+    pub svc_id: u32,
+    /// Forward entries: the backend's slot (a UDP flow whose slot no longer holds that
+    /// backend is re-decided).
+    pub slot: u32,
+    /// `bpf_ktime_get_ns()` of the last packet (updated at most once a second).
+    pub last_seen_ns: u64,
+}
+
+/// Key of `np4_affinity`: one client address and one service (the value is an [`AffVal`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NpAffKey {
+    /// Client address, network byte order.
+    pub client_ip: u32,
+    /// Service id.
+    pub svc_id: u32,
+}
+
 // SAFETY (all impls below): the types are `#[repr(C)]`, `Copy`, made only of integers, and
 // their explicit `pad` fields leave no implicit padding, so every bit pattern is valid and
 // every byte is initialised.
@@ -178,6 +300,36 @@ unsafe impl aya::Pod for AffVal {}
     reason = "aya::Pod marks plain-old-data map keys and values"
 )]
 unsafe impl aya::Pod for RevKey {}
+#[expect(
+    unsafe_code,
+    reason = "aya::Pod marks plain-old-data map keys and values"
+)]
+unsafe impl aya::Pod for NpFrontendVal {}
+#[expect(
+    unsafe_code,
+    reason = "aya::Pod marks plain-old-data map keys and values"
+)]
+unsafe impl aya::Pod for NpLinkKey {}
+#[expect(
+    unsafe_code,
+    reason = "aya::Pod marks plain-old-data map keys and values"
+)]
+unsafe impl aya::Pod for NpLinkVal {}
+#[expect(
+    unsafe_code,
+    reason = "aya::Pod marks plain-old-data map keys and values"
+)]
+unsafe impl aya::Pod for CtKey {}
+#[expect(
+    unsafe_code,
+    reason = "aya::Pod marks plain-old-data map keys and values"
+)]
+unsafe impl aya::Pod for CtVal {}
+#[expect(
+    unsafe_code,
+    reason = "aya::Pod marks plain-old-data map keys and values"
+)]
+unsafe impl aya::Pod for NpAffKey {}
 
 /// (key size, value size) of each map, as the C object declares them; checked against
 /// pinned maps before they are adopted.
@@ -189,6 +341,10 @@ pub fn expected_sizes(map: &str) -> Option<(u32, u32)> {
         BACKENDS_MAP => s(size_of::<BeKey>(), size_of::<BeVal>()),
         AFFINITY_MAP => s(size_of::<AffKey>(), size_of::<AffVal>()),
         REV_NAT_MAP => s(size_of::<RevKey>(), size_of::<SvcKey>()),
+        NP_FRONTENDS_MAP => s(size_of::<SvcKey>(), size_of::<NpFrontendVal>()),
+        NP_LINKS_MAP => s(size_of::<NpLinkKey>(), size_of::<NpLinkVal>()),
+        NP_CT_MAP => s(size_of::<CtKey>(), size_of::<CtVal>()),
+        NP_AFFINITY_MAP => s(size_of::<NpAffKey>(), size_of::<AffVal>()),
         _ => None,
     }
 }
@@ -210,11 +366,226 @@ mod tests {
     }
 
     #[test]
+    fn nodeport_layouts_match_the_c_structs() {
+        assert_eq!(size_of::<NpFrontendVal>(), 4);
+        assert_eq!(size_of::<NpLinkKey>(), 4);
+        assert_eq!(size_of::<NpLinkVal>(), 8);
+        assert_eq!((size_of::<CtKey>(), align_of::<CtKey>()), (16, 4));
+        assert_eq!((size_of::<CtVal>(), align_of::<CtVal>()), (32, 8));
+        assert_eq!(size_of::<NpAffKey>(), 8);
+        for m in NP_ALL_MAPS {
+            assert!(expected_sizes(m).is_some(), "{m}");
+        }
+    }
+
+    #[test]
     fn byte_order_round_trips() {
         let ip = Ipv4Addr::new(10, 96, 0, 10);
         assert_eq!(ip_to_map(ip).to_ne_bytes(), [10, 96, 0, 10]);
         assert_eq!(ip_from_map(ip_to_map(ip)), ip);
         assert_eq!(port_to_map(80).to_ne_bytes(), [0, 80]);
         assert_eq!(port_from_map(port_to_map(8080)), 8080);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// NetworkPolicy maps: byte for byte the structs of `src/bpf/policy.bpf.c`. Addresses are
+// in network byte order (`ip_to_map`), ports in host byte order.
+
+/// Pinned name of the per-pod state map: pod address ([`ip_to_map`]) -> [`PolPodVal`].
+pub const POL_PODS_MAP: &str = "pol_pods";
+/// Pinned name of the rules LPM trie: [`PolRuleKey`] -> [`PolRuleVal`].
+pub const POL_RULES_MAP: &str = "pol_rules";
+/// Pinned name of the conntrack LRU map: [`PolCtKey`] -> [`PolCtVal`].
+pub const POL_CT_MAP: &str = "pol_ct";
+/// Pinned name of the per-pod counters: pod address -> [`PolStats`].
+pub const POL_STATS_MAP: &str = "pol_stats";
+/// All maps of the policy object, in a fixed order.
+pub const POL_ALL_MAPS: [&str; 4] = [POL_PODS_MAP, POL_RULES_MAP, POL_CT_MAP, POL_STATS_MAP];
+
+/// `PolPodVal::flags`: ingress is isolated (only the rules allow).
+pub const POL_F_INGRESS: u8 = 1;
+/// `PolPodVal::flags`: egress is isolated.
+pub const POL_F_EGRESS: u8 = 2;
+/// `PolRuleKey::dir` and `PolCtVal::origin` of traffic to the pod.
+pub const POL_DIR_INGRESS: u8 = 0;
+/// `PolRuleKey::dir` and `PolCtVal::origin` of traffic from the pod.
+pub const POL_DIR_EGRESS: u8 = 1;
+/// Bits of a [`PolRuleKey`] before the peer address (pod_ip, dir, slot, pad); an entry for
+/// `a.b.c.d/n` has `prefixlen = POL_RULE_PREFIX_BASE + n`.
+pub const POL_RULE_PREFIX_BASE: u32 = 64;
+/// Length of [`PolRuleVal::ranges`] (`MAX_PORT_RANGES` in the C program).
+pub const POL_MAX_PORT_RANGES: usize = 16;
+
+/// Value of `pol_pods`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolPodVal {
+    /// Changes on every rules write; conntrack entries of another `rev` are re-checked.
+    pub rev: u32,
+    /// The active rules slot (0 or 1).
+    pub slot: u8,
+    /// [`POL_F_INGRESS`] | [`POL_F_EGRESS`].
+    pub flags: u8,
+    /// Always zero.
+    pub pad: u16,
+}
+
+/// Data of a `pol_rules` key. The LPM key is `prefixlen: u32` followed by this (aya's
+/// `lpm_trie::Key<PolRuleKey>`), `prefixlen` = [`POL_RULE_PREFIX_BASE`] + the CIDR's length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolRuleKey {
+    /// The pod, network byte order.
+    pub pod_ip: u32,
+    /// [`POL_DIR_INGRESS`] or [`POL_DIR_EGRESS`].
+    pub dir: u8,
+    /// The rules slot this entry belongs to.
+    pub slot: u8,
+    /// Always zero.
+    pub pad: u16,
+    /// The peer network address, network byte order.
+    pub peer: u32,
+}
+
+/// One port range of a [`PolRuleVal`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PolPortRange {
+    /// First port, host byte order.
+    pub start: u16,
+    /// Last port, host byte order.
+    pub end: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Always zero.
+    pub pad: [u8; 3],
+}
+
+/// Value of `pol_rules`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PolRuleVal {
+    /// 1: every protocol and port.
+    pub any: u8,
+    /// `ranges[0..count]` are used.
+    pub count: u8,
+    /// Always zero.
+    pub pad: u16,
+    /// The allowed ranges.
+    pub ranges: [PolPortRange; POL_MAX_PORT_RANGES],
+}
+
+/// Key of `pol_ct`: one flow as the pod sees it (the same key for both directions).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PolCtKey {
+    /// The pod, network byte order.
+    pub pod_ip: u32,
+    /// The peer, network byte order.
+    pub peer_ip: u32,
+    /// The pod's port, host byte order (0 without ports).
+    pub pod_port: u16,
+    /// The peer's port, host byte order.
+    pub peer_port: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Always zero.
+    pub pad: [u8; 3],
+}
+
+/// Value of `pol_ct`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolCtVal {
+    /// `bpf_ktime_get_ns()` of the last packet.
+    pub last_seen_ns: u64,
+    /// [`PolPodVal::rev`] when the flow was last checked.
+    pub rev: u32,
+    /// Direction of the flow's first packet.
+    pub origin: u8,
+    /// 1 once a TCP FIN or RST was seen.
+    pub closing: u8,
+    /// Always zero.
+    pub pad: u16,
+}
+
+/// Value of `pol_stats`: per-pod counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolStats {
+    /// Flows to the pod allowed.
+    pub new_ingress: u64,
+    /// Flows from the pod allowed.
+    pub new_egress: u64,
+    /// Packets to the pod denied by policy.
+    pub drop_ingress: u64,
+    /// Packets from the pod denied by policy.
+    pub drop_egress: u64,
+    /// Packets with another source (from the pod) or destination (to it) than its address.
+    pub drop_spoofed: u64,
+    /// Malformed packets, IPv6 where the direction is isolated.
+    pub drop_other: u64,
+}
+
+#[expect(
+    unsafe_code,
+    reason = "aya::Pod marks plain-old-data map keys and values"
+)]
+unsafe impl aya::Pod for PolPodVal {}
+#[expect(
+    unsafe_code,
+    reason = "aya::Pod marks plain-old-data map keys and values"
+)]
+unsafe impl aya::Pod for PolRuleKey {}
+#[expect(
+    unsafe_code,
+    reason = "aya::Pod marks plain-old-data map keys and values"
+)]
+unsafe impl aya::Pod for PolRuleVal {}
+#[expect(
+    unsafe_code,
+    reason = "aya::Pod marks plain-old-data map keys and values"
+)]
+unsafe impl aya::Pod for PolCtKey {}
+#[expect(
+    unsafe_code,
+    reason = "aya::Pod marks plain-old-data map keys and values"
+)]
+unsafe impl aya::Pod for PolCtVal {}
+#[expect(
+    unsafe_code,
+    reason = "aya::Pod marks plain-old-data map keys and values"
+)]
+unsafe impl aya::Pod for PolStats {}
+
+/// (key size, value size) of each policy map, as the C object declares them (the LPM key
+/// size includes `prefixlen`); checked against pinned maps before they are adopted.
+pub fn policy_expected_sizes(map: &str) -> Option<(u32, u32)> {
+    use std::mem::size_of;
+    let s = |k: usize, v: usize| Some((k as u32, v as u32));
+    match map {
+        POL_PODS_MAP => s(size_of::<u32>(), size_of::<PolPodVal>()),
+        POL_RULES_MAP => s(4 + size_of::<PolRuleKey>(), size_of::<PolRuleVal>()),
+        POL_CT_MAP => s(size_of::<PolCtKey>(), size_of::<PolCtVal>()),
+        POL_STATS_MAP => s(size_of::<u32>(), size_of::<PolStats>()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod policy_layout_tests {
+    use super::*;
+    use std::mem::{align_of, size_of};
+
+    #[test]
+    fn policy_layouts_match_the_c_structs() {
+        assert_eq!(size_of::<PolPodVal>(), 8);
+        assert_eq!((size_of::<PolRuleKey>(), align_of::<PolRuleKey>()), (12, 4));
+        assert_eq!(size_of::<PolPortRange>(), 8);
+        assert_eq!(size_of::<PolRuleVal>(), 4 + 8 * POL_MAX_PORT_RANGES);
+        assert_eq!(size_of::<PolCtKey>(), 16);
+        assert_eq!((size_of::<PolCtVal>(), align_of::<PolCtVal>()), (16, 8));
+        assert_eq!(size_of::<PolStats>(), 48);
     }
 }

@@ -152,7 +152,19 @@ impl MetadataClient {
                 .text()
                 .await
                 .map_err(|e| ProviderError::transport(API, "Transport", e.to_string()))?;
-            Token::Value(text.trim().to_string(), Instant::now() + self.token_ttl)
+            let token = text.trim();
+            // The token goes back in a header: one that cannot be sent must not be cached,
+            // or every lookup would fail with it until the TTL ends.
+            if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(ProviderError::malformed(
+                    API,
+                    format!(
+                        "api/token: the session token ({} bytes) is empty or not printable ASCII",
+                        token.len()
+                    ),
+                ));
+            }
+            Token::Value(token.to_string(), Instant::now() + self.token_ttl)
         } else if self.flavor == MetadataFlavor::Aliyun
             && matches!(
                 status,

@@ -5,6 +5,8 @@
 //! request to the manager, then the kernel. ADD undoes itself and releases the address
 //! when wiring fails. DEL keeps going past errors and reports them all.
 
+use std::cell::RefCell;
+use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -20,8 +22,8 @@ use serde_json::Value;
 
 use crate::config::{Command, Invocation, Mode, NetConf};
 use crate::datapath::{
-    self, del_link_by_name, exclusive, host_veth_name, ipvlan, veth, Datapath, Journal, Namespaces,
-    PodSpec, RULE_PRIO_FROM_POD, RULE_PRIO_TO_POD,
+    self, del_link_by_name, exclusive, host_veth_name, ipvlan, veth, BeforeUp, Datapath, Journal,
+    LinkAt, Namespaces, PodSpec, WireError, WireResult, RULE_PRIO_FROM_POD, RULE_PRIO_TO_POD,
 };
 use crate::error::{
     self, CniError, DATAPATH, IO_FAILURE, PLUGIN_LIMITED, PLUGIN_NOT_AVAILABLE, UNKNOWN_CONTAINER,
@@ -208,12 +210,19 @@ fn add(inv: &Invocation, conf: &NetConf) -> Result<Value, CniError> {
         datapath.as_str()
     );
 
+    let policy = alloc.policy_pin_dir.as_ref().map(|dir| PolicyAttach {
+        pin_dir: PathBuf::from(dir),
+        pod_netns: PathBuf::from(&netns),
+        ip: alloc.ip,
+        attached: RefCell::new(None),
+    });
     let spec = PodSpec {
         container_id: &env.container_id,
         ifname: &env.ifname,
         sandbox: &netns,
         alloc: &alloc,
         mtu,
+        before_up: policy.as_ref().map(|p| p as &dyn BeforeUp),
     };
     let mut ns = Namespaces {
         host: &mut host,
@@ -237,6 +246,9 @@ fn add(inv: &Invocation, conf: &NetConf) -> Result<Value, CniError> {
         Err(wire_err) => {
             log!(Level::Error, "ADD failed, undoing: {wire_err}");
             let mut problems = journal.rollback(&mut ns);
+            if let Some(p) = &policy {
+                problems.extend(p.undo());
+            }
             if let Err(e) = client.release(ReleaseRequest {
                 container_id: env.container_id.clone(),
                 ifname: env.ifname.clone(),
@@ -319,6 +331,11 @@ fn del(inv: &Invocation, conf: &NetConf) -> Result<(), CniError> {
         }
         None => None,
     };
+    if let Some(a) = &alloc {
+        for p in detach_policy(a, env.netns.as_deref()) {
+            errors.push(CniError::new(DATAPATH, format!("DEL: {p}"), ""));
+        }
+    }
     let problems = match &alloc {
         Some(alloc) => teardown_known(&mut ns, env, alloc),
         None => teardown_unknown(&mut ns, &env.container_id, &env.ifname),
@@ -340,6 +357,91 @@ fn del(inv: &Invocation, conf: &NetConf) -> Result<(), CniError> {
         }
     }
     combine("DEL", errors)
+}
+
+/// The node's own network namespace, as a path the policy loader can open (the plugin
+/// runs single-threaded in it).
+const HOST_NETNS: &str = "/proc/self/ns/net";
+
+/// Attaches the NetworkPolicy programs to the pod's link while it is down (the
+/// [`BeforeUp`] hook of ADD), and remembers where, to undo it if ADD fails.
+#[derive(Debug)]
+struct PolicyAttach {
+    pin_dir: PathBuf,
+    pod_netns: PathBuf,
+    ip: Ipv4Addr,
+    attached: RefCell<Option<(PathBuf, String)>>,
+}
+
+impl BeforeUp for PolicyAttach {
+    fn before_up(&self, at: LinkAt, ifname: &str) -> WireResult<()> {
+        let (netns, side) = match at {
+            LinkAt::Host => (PathBuf::from(HOST_NETNS), eni_bpf::LinkSide::HostVeth),
+            LinkAt::Pod => (self.pod_netns.clone(), eni_bpf::LinkSide::InPod),
+        };
+        // Recorded first: a half-done attach is undone too.
+        *self.attached.borrow_mut() = Some((netns.clone(), ifname.to_string()));
+        eni_bpf::policy::attach(&self.pin_dir, &netns, ifname, self.ip, side).map_err(|e| {
+            WireError {
+                what: format!(
+                    "attach the NetworkPolicy programs to {ifname} (pins under {})",
+                    self.pin_dir.display()
+                ),
+                source: eni_kernel::Error::Netlink {
+                    op: "tc attach bpf",
+                    subject: ifname.to_string(),
+                    errno: 0,
+                    message: error::source_chain(&e),
+                },
+            }
+        })?;
+        log!(
+            Level::Debug,
+            "NetworkPolicy programs attached to {ifname} ({side:?})"
+        );
+        Ok(())
+    }
+}
+
+impl PolicyAttach {
+    /// Detaches what [`BeforeUp::before_up`] attached; returns what failed.
+    fn undo(&self) -> Vec<String> {
+        match self.attached.borrow().as_ref() {
+            Some((netns, ifname)) => match eni_bpf::policy::detach(&self.pin_dir, netns, ifname) {
+                Ok(()) => Vec::new(),
+                Err(e) => vec![format!(
+                    "detach the NetworkPolicy programs from {ifname}: {}",
+                    error::source_chain(&e)
+                )],
+            },
+            None => Vec::new(),
+        }
+    }
+}
+
+/// Removes the NetworkPolicy programs of a pod (DEL, GC): from the host end of its veth,
+/// and from its own interface when its namespace is still there. Idempotent; nothing to do
+/// when the manager does not enforce policy. The pod's map entries are the manager's to
+/// remove (on `release`).
+fn detach_policy(alloc: &Allocation, pod_netns: Option<&Path>) -> Vec<String> {
+    let Some(dir) = alloc.policy_pin_dir.as_deref() else {
+        return Vec::new();
+    };
+    let mut problems = Vec::new();
+    let host = host_veth_name(&alloc.container_id, &alloc.ifname);
+    let mut targets = vec![(PathBuf::from(HOST_NETNS), host)];
+    if let Some(ns) = pod_netns.filter(|p| p.exists()) {
+        targets.push((ns.to_path_buf(), alloc.ifname.clone()));
+    }
+    for (netns, ifname) in targets {
+        if let Err(e) = eni_bpf::policy::detach(dir, &netns, &ifname) {
+            problems.push(format!(
+                "detach the NetworkPolicy programs from {ifname}: {}",
+                error::source_chain(&e)
+            ));
+        }
+    }
+    problems
 }
 
 /// Several errors as one: the first one's code, every message.
@@ -376,6 +478,7 @@ fn teardown_known(
         sandbox: "",
         alloc,
         mtu: alloc.mtu,
+        before_up: None,
     };
     if alloc.exclusive {
         return exclusive::del(ns, &spec);
@@ -497,6 +600,7 @@ fn check(inv: &Invocation, conf: &NetConf) -> Result<(), CniError> {
         sandbox: &netns,
         alloc: &alloc,
         mtu: alloc.mtu,
+        before_up: None,
     };
     let mut ns = Namespaces {
         host: &mut host,
@@ -597,6 +701,7 @@ fn gc(conf: &NetConf) -> Result<(), CniError> {
     let mut host = Handle::new().map_err(kernel_err("open netlink on the node"))?;
     let mut errors = Vec::new();
     for alloc in &released {
+        errors.extend(detach_policy(alloc, None));
         if alloc.exclusive {
             continue; // The ENI link returns to the node when the pod's namespace dies.
         }

@@ -307,7 +307,8 @@ pub enum ServiceSourceKind {
     /// A directory of Kubernetes-format YAML files (`services.dir`).
     #[default]
     Files,
-    /// The Kubernetes API (watch). Not implemented yet: refused by the check.
+    /// The Kubernetes API: Services and EndpointSlices watched (list + watch), from the
+    /// in-cluster service account or `services.kubeconfig`.
     Kubernetes,
 }
 
@@ -318,9 +319,19 @@ pub struct ServicesConfig {
     /// Off by default.
     #[serde(default)]
     pub enabled: bool,
-    /// `files` (the only one implemented) or `kubernetes`.
+    /// `files` (default) or `kubernetes`.
     #[serde(default)]
     pub source: ServiceSourceKind,
+    /// Source `kubernetes`: the kubeconfig file to use (its current context), an absolute
+    /// path. Unset: the in-cluster configuration (`KUBERNETES_SERVICE_HOST`/`_PORT` and the
+    /// pod's service account).
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's Kubernetes name (the DaemonSet sets it from `spec.nodeName`, for example
+    /// `ENI_MANAGER__SERVICES__NODE_NAME`). With it, `internalTrafficPolicy: Local` services
+    /// use only this node's endpoints; without it they are treated as `Cluster`.
+    #[serde(default)]
+    pub node_name: Option<String>,
     /// The directory of Service and EndpointSlice YAML files (source `files`).
     #[serde(default = "default_services_dir")]
     pub dir: PathBuf,
@@ -347,9 +358,56 @@ impl Default for ServicesConfig {
         ServicesConfig {
             enabled: false,
             source: ServiceSourceKind::Files,
+            kubeconfig: None,
+            node_name: None,
             dir: default_services_dir(),
             bpf_pin_dir: default_bpf_pin_dir(),
             cgroup: default_services_cgroup(),
+        }
+    }
+}
+
+/// Where NetworkPolicies, Pods and Namespaces come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicySourceKind {
+    /// A directory of Kubernetes-format YAML files (`policy.dir`).
+    #[default]
+    Files,
+}
+
+/// eBPF NetworkPolicy on pod links. See `docs/network-policy.md`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Off by default. When on, every pod this manager allocates an address to gets the
+    /// policy programs on its link (attached by `eni-cni`) and an entry in the maps before
+    /// ADD returns.
+    #[serde(default)]
+    pub enabled: bool,
+    /// `files` (the only source so far).
+    #[serde(default)]
+    pub source: PolicySourceKind,
+    /// The directory of NetworkPolicy, Pod and Namespace YAML files (source `files`).
+    #[serde(default = "default_policy_dir")]
+    pub dir: PathBuf,
+    /// Where the policy maps and link pins live; must be on a bpf filesystem. Unset: the
+    /// same directory as `services.bpf_pin_dir` (see [`Config::policy_pin_dir`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bpf_pin_dir: Option<PathBuf>,
+}
+
+fn default_policy_dir() -> PathBuf {
+    PathBuf::from("/etc/eni-manager/policy")
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            enabled: false,
+            source: PolicySourceKind::Files,
+            dir: default_policy_dir(),
+            bpf_pin_dir: None,
         }
     }
 }
@@ -372,6 +430,9 @@ pub struct Config {
     /// eBPF Service load balancing.
     #[serde(default)]
     pub services: ServicesConfig,
+    /// eBPF NetworkPolicy.
+    #[serde(default)]
+    pub policy: PolicyConfig,
 }
 
 /// Why the configuration was refused: every problem, each naming its field.
@@ -387,7 +448,7 @@ pub struct ConfigError {
 pub const ENV_PREFIX: &str = "ENI_MANAGER__";
 
 const SECTIONS: &[&str] = &[
-    "cloud", "cluster", "network", "pool", "gc", "daemon", "services",
+    "cloud", "cluster", "network", "pool", "gc", "daemon", "services", "policy",
 ];
 
 fn parse_scalar(s: &str) -> Value {
@@ -523,6 +584,8 @@ impl Config {
             Some(ServicesConfig::default()),
             &mut problems,
         );
+        let policy =
+            section::<PolicyConfig>(&map, "policy", Some(PolicyConfig::default()), &mut problems);
         let (
             Some(cloud),
             Some(cluster),
@@ -531,7 +594,8 @@ impl Config {
             Some(gc),
             Some(daemon),
             Some(services),
-        ) = (cloud, cluster, network, pool, gc, daemon, services)
+            Some(policy),
+        ) = (cloud, cluster, network, pool, gc, daemon, services, policy)
         else {
             return Err(ConfigError { problems });
         };
@@ -543,6 +607,7 @@ impl Config {
             gc,
             daemon,
             services,
+            policy,
         };
         problems.extend(cfg.problems());
         if problems.is_empty() {
@@ -550,6 +615,14 @@ impl Config {
         } else {
             Err(ConfigError { problems })
         }
+    }
+
+    /// The policy pin directory: `policy.bpf_pin_dir`, else `services.bpf_pin_dir`.
+    pub fn policy_pin_dir(&self) -> PathBuf {
+        self.policy
+            .bpf_pin_dir
+            .clone()
+            .unwrap_or_else(|| self.services.bpf_pin_dir.clone())
     }
 
     /// Semantic problems.
@@ -663,8 +736,23 @@ impl Config {
             ));
         }
         if self.services.enabled {
-            if self.services.source == ServiceSourceKind::Kubernetes {
-                p.push("services.source: kubernetes is not implemented yet; use files (a directory of Service and EndpointSlice YAML files in services.dir)".into());
+            if let Some(kc) = &self.services.kubeconfig {
+                if !kc.is_absolute() {
+                    p.push(format!(
+                        "services.kubeconfig: {} must be an absolute path (or leave it unset for the in-cluster configuration)",
+                        kc.display()
+                    ));
+                }
+                if self.services.source != ServiceSourceKind::Kubernetes {
+                    p.push("services.kubeconfig: only used with services.source: kubernetes; remove it or set the source".into());
+                }
+            }
+            if let Some(n) = &self.services.node_name {
+                if !is_dns_subdomain(n) {
+                    p.push(format!(
+                        "services.node_name: {n:?} is not a Kubernetes node name (lowercase letters, digits, '-' and '.', at most 253); set it from the pod's spec.nodeName"
+                    ));
+                }
             }
             for (field, path) in [
                 ("services.dir", &self.services.dir),
@@ -679,8 +767,35 @@ impl Config {
                 }
             }
         }
+        if self.policy.enabled {
+            for (field, path) in [
+                ("policy.dir", &self.policy.dir),
+                ("policy.bpf_pin_dir", &self.policy_pin_dir()),
+            ] {
+                if !path.is_absolute() {
+                    p.push(format!(
+                        "{field}: {} must be an absolute path",
+                        path.display()
+                    ));
+                }
+            }
+        }
         p
     }
+}
+
+/// A DNS-1123 subdomain: what a Kubernetes node name must be.
+fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
 
 #[cfg(test)]
@@ -780,6 +895,42 @@ pool: { min_idle: "many" }
     }
 
     #[test]
+    fn policy_default_off_shares_the_services_pin_dir_and_is_checked_when_on() {
+        let c = load(MINIMAL, &[], &[]).unwrap();
+        assert!(!c.policy.enabled);
+        assert_eq!(c.policy.source, PolicySourceKind::Files);
+        assert_eq!(c.policy.dir, PathBuf::from("/etc/eni-manager/policy"));
+        assert_eq!(c.policy_pin_dir(), PathBuf::from("/sys/fs/bpf/eni-net"));
+        let c = load(
+            &format!("{MINIMAL}services: {{ bpf_pin_dir: /sys/fs/bpf/x }}\npolicy: {{ enabled: true, dir: /srv/pol }}\n"),
+            &[],
+            &[],
+        )
+        .unwrap();
+        assert!(c.policy.enabled);
+        assert_eq!(c.policy.dir, PathBuf::from("/srv/pol"));
+        assert_eq!(c.policy_pin_dir(), PathBuf::from("/sys/fs/bpf/x"));
+        let c = load(MINIMAL, &[], &["policy.bpf_pin_dir=/sys/fs/bpf/p"]).unwrap();
+        assert_eq!(c.policy_pin_dir(), PathBuf::from("/sys/fs/bpf/p"));
+        let err = load(
+            &format!("{MINIMAL}policy: {{ enabled: true, dir: rel, bpf_pin_dir: pins }}\n"),
+            &[],
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(err.problems.len(), 2, "{err}");
+        assert!(err.problems[0].starts_with("policy.dir: rel must be an absolute path"));
+        assert!(err.problems[1].starts_with("policy.bpf_pin_dir: pins must be an absolute path"));
+        let err = load(
+            &format!("{MINIMAL}policy: {{ source: kubernetes }}\n"),
+            &[],
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.problems[0].starts_with("policy:"), "{err}");
+    }
+
+    #[test]
     fn services_default_off_and_checked_when_on() {
         let c = load(MINIMAL, &[], &[]).unwrap();
         assert!(!c.services.enabled);
@@ -795,7 +946,7 @@ pool: { min_idle: "many" }
         assert_eq!(c.services.dir, PathBuf::from("/srv/svc"));
         let err = load(
             &format!(
-                "{MINIMAL}services: {{ enabled: true, source: kubernetes, dir: rel, cgroup: cg }}\n"
+                "{MINIMAL}services: {{ enabled: true, source: kubernetes, dir: rel, cgroup: cg, kubeconfig: kc.yaml, node_name: Node_A }}\n"
             ),
             &[],
             &["network.mtu=1"],
@@ -803,7 +954,8 @@ pool: { min_idle: "many" }
         .unwrap_err();
         let all = err.problems.join("\n");
         for needle in [
-            "services.source: kubernetes is not implemented yet",
+            "services.kubeconfig: kc.yaml must be an absolute path",
+            "services.node_name: \"Node_A\" is not a Kubernetes node name",
             "services.dir: rel must be an absolute path",
             "services.cgroup: cg must be an absolute path",
             "network.mtu",
@@ -818,6 +970,76 @@ pool: { min_idle: "many" }
         .unwrap_err();
         assert!(
             err.problems[0].starts_with("services:"),
+            "{:?}",
+            err.problems
+        );
+    }
+
+    #[test]
+    fn services_kubernetes_source_fields() {
+        // In-cluster: no kubeconfig; the node name from the environment (downward API).
+        let c = load(
+            &format!("{MINIMAL}services: {{ enabled: true, source: kubernetes }}\n"),
+            &[(
+                "ENI_MANAGER__SERVICES__NODE_NAME",
+                "ip-10-0-1-7.ec2.internal",
+            )],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.services.source, ServiceSourceKind::Kubernetes);
+        assert_eq!(c.services.kubeconfig, None);
+        assert_eq!(
+            c.services.node_name.as_deref(),
+            Some("ip-10-0-1-7.ec2.internal")
+        );
+        let c = load(
+            &format!(
+                "{MINIMAL}services: {{ enabled: true, source: kubernetes, kubeconfig: /etc/eni-manager/kubeconfig }}\n"
+            ),
+            &[],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.services.kubeconfig,
+            Some(PathBuf::from("/etc/eni-manager/kubeconfig"))
+        );
+        // A kubeconfig with the file source is a mistake worth naming.
+        let err = load(
+            &format!("{MINIMAL}services: {{ enabled: true, kubeconfig: /k }}\n"),
+            &[],
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            err.problems[0]
+                .starts_with("services.kubeconfig: only used with services.source: kubernetes"),
+            "{:?}",
+            err.problems
+        );
+        for bad in ["", "-a", "a..b", "UPPER", &"x".repeat(254)] {
+            let err = load(
+                &format!("{MINIMAL}services: {{ enabled: true, source: kubernetes }}\n"),
+                &[],
+                &[&format!("services.node_name=\"{bad}\"")],
+            )
+            .unwrap_err();
+            assert!(
+                err.problems[0].starts_with("services.node_name:"),
+                "{bad:?}: {:?}",
+                err.problems
+            );
+        }
+        // Unknown fields are still refused (a misspelt kubeconfig is not ignored).
+        let err = load(
+            &format!("{MINIMAL}services: {{ kube_config: /k }}\n"),
+            &[],
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            err.problems[0].contains("kube_config"),
             "{:?}",
             err.problems
         );

@@ -2,12 +2,14 @@
 //! every promise durably before making it (`store`), configures attached ENIs on the node
 //! (`node`), answers the CNI over a unix socket (`rpc`) and exports metrics (`metrics`).
 //! `config` reads and checks the configuration; `provider` builds the cloud client;
-//! `services` feeds Service definitions to the eBPF socket load balancer (`eni_bpf`).
+//! `services` feeds Service definitions to the eBPF socket load balancer (`eni_bpf`);
+//! `policy` keeps the per-pod NetworkPolicy rules in the eBPF policy maps.
 #![deny(missing_docs)]
 
 pub mod config;
 pub mod metrics;
 pub mod node;
+pub mod policy;
 pub mod pool;
 pub mod provider;
 pub mod rpc;

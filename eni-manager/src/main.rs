@@ -323,12 +323,20 @@ async fn run(cfg: Config) -> anyhow::Result<ExitCode> {
     .await
     .context("opening the state store")?;
     let actor = tokio::spawn(manager.run());
-    let handler = Arc::new(RpcHandler::new(
-        pool,
+    let mut handler = RpcHandler::new(
+        pool.clone(),
         metrics.clone(),
         cfg.cloud.provider_name(),
         cfg.network.mtu,
-    ));
+    );
+    if cfg.policy.enabled {
+        // Before the socket is served: no pod is answered before its rules can be written.
+        let policy = eni_manager::policy::start(&cfg.policy, cfg.policy_pin_dir(), pool)
+            .await
+            .context("starting policy")?;
+        handler = handler.with_policy(policy);
+    }
+    let handler = Arc::new(handler);
     let server = eni_rpc::server::Server::bind(&cfg.daemon.socket, Default::default())
         .with_context(|| format!("daemon.socket {}", cfg.daemon.socket.display()))?;
     metrics.set_ready(true);

@@ -23,6 +23,7 @@ pub struct RpcHandler {
     metrics: Arc<Metrics>,
     provider: &'static str,
     mtu: u32,
+    policy: Option<Arc<crate::policy::PolicySync>>,
 }
 
 impl RpcHandler {
@@ -33,6 +34,36 @@ impl RpcHandler {
             metrics,
             provider,
             mtu,
+            policy: None,
+        }
+    }
+
+    /// Enforces NetworkPolicy: `allocate` writes the new pod's rules before it answers,
+    /// `release` and `gc` remove them, and every allocation tells the CNI where to pin
+    /// the programs it attaches.
+    pub fn with_policy(mut self, policy: Arc<crate::policy::PolicySync>) -> Self {
+        self.policy = Some(policy);
+        self
+    }
+
+    fn wire(&self, g: &Granted) -> Allocation {
+        let mut a = allocation(g, self.mtu);
+        a.policy_pin_dir = self
+            .policy
+            .as_ref()
+            .map(|p| p.pin_dir().display().to_string());
+        a
+    }
+
+    /// Brings the policy maps in line with the allocations after a change, looking at the
+    /// policy directory first (a file written before the pod's ADD applies to it). A
+    /// failure is logged: a pod without an entry is closed, and the poll loop retries
+    /// every second.
+    async fn sync_policy(&self, why: &str) {
+        if let Some(p) = &self.policy {
+            if let Err(e) = p.refresh(true).await {
+                tracing::error!(error = %format!("{e:#}"), why, "policy sync failed; pods without an entry stay closed until the next sync");
+            }
         }
     }
 }
@@ -83,6 +114,7 @@ fn allocation(g: &Granted, mtu: u32) -> Allocation {
         mtu,
         exclusive: a.exclusive,
         allocated_at_ms: a.at_ms,
+        policy_pin_dir: None,
     }
 }
 
@@ -176,7 +208,13 @@ impl eni_rpc::server::Handler for RpcHandler {
                     timeout: (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms.into())),
                 };
                 let g = self.pool.allocate(req).await.map_err(rpc_err)?;
-                Ok(Response::Allocation(allocation(&g, self.mtu)))
+                self.sync_policy("allocate").await;
+                if let Some(p) = &self.policy {
+                    if !p.has_entry(g.alloc.ip) {
+                        tracing::error!(ip = %g.alloc.ip, container = %g.alloc.key.container_id, "no policy entry could be written for the new pod: it stays closed until one is");
+                    }
+                }
+                Ok(Response::Allocation(self.wire(&g)))
             }
             Request::Release(r) => {
                 let g = self
@@ -184,8 +222,11 @@ impl eni_rpc::server::Handler for RpcHandler {
                     .release(key(r.container_id, r.ifname))
                     .await
                     .map_err(rpc_err)?;
+                if g.is_some() {
+                    self.sync_policy("release").await;
+                }
                 Ok(Response::Released(Released {
-                    released: g.map(|g| allocation(&g, self.mtu)),
+                    released: g.map(|g| self.wire(&g)),
                 }))
             }
             Request::Check(r) => {
@@ -194,12 +235,12 @@ impl eni_rpc::server::Handler for RpcHandler {
                     .check(key(r.container_id, r.ifname))
                     .await
                     .map_err(rpc_err)?;
-                Ok(Response::Allocation(allocation(&g, self.mtu)))
+                Ok(Response::Allocation(self.wire(&g)))
             }
             Request::List => {
                 let all = self.pool.list().await.map_err(rpc_err)?;
                 Ok(Response::Allocations(Allocations {
-                    allocations: all.iter().map(|g| allocation(g, self.mtu)).collect(),
+                    allocations: all.iter().map(|g| self.wire(g)).collect(),
                 }))
             }
             Request::Status => {
@@ -217,8 +258,11 @@ impl eni_rpc::server::Handler for RpcHandler {
                     .map(|a| key(a.container_id, a.ifname))
                     .collect();
                 let released = self.pool.gc(valid).await.map_err(rpc_err)?;
+                if !released.is_empty() {
+                    self.sync_policy("gc").await;
+                }
                 Ok(Response::GcResult(GcResult {
-                    released: released.iter().map(|g| allocation(g, self.mtu)).collect(),
+                    released: released.iter().map(|g| self.wire(g)).collect(),
                 }))
             }
         }

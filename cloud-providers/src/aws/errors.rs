@@ -29,6 +29,14 @@ pub(crate) fn map_code(
     subnet: Option<&str>,
 ) -> ProviderError {
     match code.as_str() {
+        // HTTP 429 is throttling whatever the code says (a proxy or gateway in front of EC2
+        // may answer it without an EC2 error document), as on Alibaba Cloud.
+        _ if status == 429 => ProviderError::Throttled {
+            api,
+            code,
+            retry_after: None,
+            request_id,
+        },
         "RequestLimitExceeded" | "Throttling" | "ThrottlingException" => ProviderError::Throttled {
             api,
             code,
@@ -166,7 +174,14 @@ where
         SdkError::ResponseError(r) => {
             let status = r.raw().status().as_u16();
             let message = format!("{}", DisplayErrorContext(err));
-            if status >= 500 {
+            if status == 429 {
+                Mapped::Error(ProviderError::Throttled {
+                    api,
+                    code: "HTTP429".into(),
+                    retry_after: None,
+                    request_id: None,
+                })
+            } else if status >= 500 {
                 Mapped::Error(ProviderError::Transient {
                     api,
                     code: format!("HTTP{status}"),
@@ -211,6 +226,8 @@ mod tests {
             (500, "InternalError", "transient"),
             (503, "Unavailable", "transient"),
             (502, "Whatever", "transient"),
+            (429, "Unknown", "throttled"),
+            (429, "TooManyRequestsException", "throttled"),
             (400, "InvalidParameterValue", "other"),
             (400, "IdempotentParameterMismatch", "other"),
         ];

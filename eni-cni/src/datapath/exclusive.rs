@@ -54,6 +54,8 @@ pub fn add(
     let link = pod
         .link_by_mac(mac)
         .step(|| format!("find {ifname} (MAC {mac}) in the pod"))?;
+    // Moving a link to another namespace takes it down: it is down here.
+    spec.before_up(super::LinkAt::Pod, ifname)?;
     configure_pod_link(pod, &link, spec)?;
     Ok(Attachment {
         host_if: None,

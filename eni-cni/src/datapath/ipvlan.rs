@@ -116,6 +116,7 @@ pub fn add(
     let link = pod
         .link_by_name(ifname)
         .step(|| format!("find {ifname} in the pod"))?;
+    spec.before_up(super::LinkAt::Pod, ifname)?;
     configure_pod_link(pod, &link, spec)?;
     pod.route_replace(
         &Route::new(TABLE_MAIN)

@@ -119,6 +119,23 @@ impl<'a> Namespaces<'a> {
     }
 }
 
+/// Which namespace a link handed to [`BeforeUp`] is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkAt {
+    /// The node's namespace (the host end of a veth).
+    Host,
+    /// The pod's namespace (an ipvlan slave, an exclusive ENI).
+    Pod,
+}
+
+/// Work that must be done on the pod's link while it is still down: attaching the
+/// NetworkPolicy programs, so that no packet of the pod passes before they are there.
+/// Each datapath calls it once, after the link exists and before the pod can use it.
+pub trait BeforeUp: std::fmt::Debug {
+    /// `ifname` in the namespace `at`.
+    fn before_up(&self, at: LinkAt, ifname: &str) -> WireResult<()>;
+}
+
 /// What to wire: the allocation and the pod's side of it.
 #[derive(Debug, Clone)]
 pub struct PodSpec<'a> {
@@ -132,9 +149,19 @@ pub struct PodSpec<'a> {
     pub alloc: &'a Allocation,
     /// The MTU for the pod's interface.
     pub mtu: u32,
+    /// Called on the pod's link before it is up (policy programs); `None`: nothing.
+    pub before_up: Option<&'a dyn BeforeUp>,
 }
 
 impl PodSpec<'_> {
+    /// Runs the [`BeforeUp`] hook, if any.
+    pub(crate) fn before_up(&self, at: LinkAt, ifname: &str) -> WireResult<()> {
+        match self.before_up {
+            Some(h) => h.before_up(at, ifname),
+            None => Ok(()),
+        }
+    }
+
     /// The pod's address as a host route prefix (`ip/32`).
     pub fn ip32(&self) -> Ipv4Net {
         Ipv4Net::new(self.alloc.ip, 32).expect("/32 is valid")

@@ -61,6 +61,8 @@ pub fn add(
         )
         .step(|| format!("create veth {host_name} <-> {ifname} (in the pod)"))?;
     journal.push(Undo::HostLink(host_index));
+    // Both ends are down: nothing of the pod passes before the programs are there.
+    spec.before_up(super::LinkAt::Host, &host_name)?;
     ns.host
         .link_set_up(host_index)
         .step(|| format!("bring {host_name} up"))?;

@@ -26,6 +26,7 @@ fn alloc(exclusive: bool) -> Allocation {
         mtu: 9001,
         exclusive,
         allocated_at_ms: 0,
+        policy_pin_dir: None,
     }
 }
 
@@ -36,6 +37,7 @@ fn spec(a: &Allocation) -> PodSpec<'_> {
         sandbox: "/var/run/netns/pod",
         alloc: a,
         mtu: 1500,
+        before_up: None,
     }
 }
 

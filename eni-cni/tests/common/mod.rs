@@ -238,6 +238,7 @@ impl Handler for FakeManager {
                     mtu: s.mtu,
                     exclusive: r.exclusive,
                     allocated_at_ms: 1,
+                    policy_pin_dir: None,
                 };
                 st.allocations.insert(key, a.clone());
                 Ok(Response::Allocation(a))

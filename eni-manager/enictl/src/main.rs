@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
 
+mod policies;
 mod services;
 use eni_rpc::{Allocation, Client, ClientError, EniStatus, Request, Response, Status};
 
@@ -56,6 +57,13 @@ enum Command {
     /// (not from the manager; needs root).
     Services {
         /// Where the maps are pinned (`services.bpf_pin_dir`).
+        #[arg(long, default_value = eni_bpf::DEFAULT_PIN_DIR, value_name = "DIR")]
+        pin_dir: PathBuf,
+    },
+    /// Per pod, the NetworkPolicy rules in force and the drop counters, read from the
+    /// pinned policy maps (pod names from the manager when it answers; needs root).
+    Policies {
+        /// Where the maps are pinned.
         #[arg(long, default_value = eni_bpf::DEFAULT_PIN_DIR, value_name = "DIR")]
         pin_dir: PathBuf,
     },
@@ -114,6 +122,30 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Command::Policies { pin_dir } = &cli.command {
+        return match policies::read_pinned(pin_dir) {
+            Ok(pods) => {
+                let names = pod_names(&cli);
+                let text = if cli.json {
+                    let mut t = serde_json::to_string_pretty(&policies::to_json(&pods, &names))
+                        .unwrap_or_default();
+                    t.push('\n');
+                    t
+                } else {
+                    policies::render(&pods, &names)
+                };
+                let mut stdout = io::stdout().lock();
+                let _ = stdout
+                    .write_all(text.as_bytes())
+                    .and_then(|()| stdout.flush());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                let _ = writeln!(io::stderr(), "enictl: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     match run(&cli) {
         Ok(text) => {
             let mut stdout = io::stdout().lock();
@@ -136,12 +168,32 @@ fn main() -> ExitCode {
     }
 }
 
+/// Pod names by address from the manager's allocations; empty when it does not answer
+/// (the policy maps are read without it).
+fn pod_names(cli: &Cli) -> std::collections::BTreeMap<std::net::Ipv4Addr, String> {
+    let Ok(mut client) = Client::connect(&cli.socket, cli.timeout) else {
+        return Default::default();
+    };
+    match client.call(&Request::List) {
+        Ok(Response::Allocations(list)) => list
+            .allocations
+            .iter()
+            .filter_map(|a| {
+                a.pod
+                    .as_ref()
+                    .map(|p| (a.ip, format!("{}/{}", p.namespace, p.name)))
+            })
+            .collect(),
+        _ => Default::default(),
+    }
+}
+
 /// Asks the manager and renders its answer.
 fn run(cli: &Cli) -> Result<String, ClientError> {
     let mut client = Client::connect(&cli.socket, cli.timeout)?;
     let request = match cli.command {
         Command::Status | Command::Pool | Command::Enis => Request::Status,
-        Command::Allocations | Command::Services { .. } => Request::List,
+        Command::Allocations | Command::Services { .. } | Command::Policies { .. } => Request::List,
     };
     let response = client.call(&request)?;
     if cli.json {

@@ -112,6 +112,7 @@ fn allocation() -> Allocation {
         mtu: 1500,
         exclusive: false,
         allocated_at_ms: now_ms() - 5 * 60 * 1000 - 500,
+        policy_pin_dir: None,
     }
 }
 

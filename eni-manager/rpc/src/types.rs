@@ -145,6 +145,12 @@ pub struct Allocation {
     pub exclusive: bool,
     /// When the allocation was made, in milliseconds since the Unix epoch.
     pub allocated_at_ms: u64,
+    /// Set when the manager enforces NetworkPolicy: the pin directory of the policy maps,
+    /// under which the CNI pins the programs it attaches to the pod's link. The manager
+    /// has written the pod's rules before answering. Absent (older managers, policy off):
+    /// attach nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_pin_dir: Option<String>,
 }
 
 /// Give back what one interface of one container holds.

@@ -37,6 +37,7 @@ fn allocation(n: u8) -> Allocation {
         mtu: 1500,
         exclusive: false,
         allocated_at_ms: 1_700_000_000_000 + u64::from(n),
+        policy_pin_dir: None,
     }
 }
 

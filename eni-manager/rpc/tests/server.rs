@@ -63,6 +63,7 @@ fn allocation(container_id: &str, ifname: &str) -> Allocation {
         mtu: 1500,
         exclusive: false,
         allocated_at_ms: 1,
+        policy_pin_dir: None,
     }
 }
 

@@ -342,7 +342,10 @@ pub async fn remove_from_cloud(
         Err(e) => return Err(e.into()),
     };
     if current.instance_id.is_some() {
-        ctx.provider
+        // An answer lost after the cloud acted (or a crash between the call and its record)
+        // makes the repeat of a detach or delete find the ENI gone: that is done, not failed.
+        let detached = ctx
+            .provider
             .detach_eni(&DetachEniOptions {
                 eni_id: eni_id.to_string(),
                 instance_id: current
@@ -352,19 +355,37 @@ pub async fn remove_from_cloud(
                 attachment_id: current.attachment_id.clone().or(attachment_id),
                 priority: Priority::Release,
             })
-            .await?;
+            .await;
+        match detached {
+            // Only when the ENI itself is gone (not, say, an instance id the cloud lost).
+            Err(e) if e.is_not_found() => {
+                match ctx.provider.describe_eni(eni_id, Priority::Release).await {
+                    Err(gone) if gone.is_not_found() => return Ok(()),
+                    _ => return Err(e.into()),
+                }
+            }
+            other => other?,
+        }
         let mut wait = WaitEniOptions::new(eni_id.to_string(), WaitCondition::Detached);
         wait.timeout = ctx.attach_timeout;
         wait.poll_interval = Duration::from_millis(200);
         wait.priority = Priority::Release;
         ctx.provider.wait_for_eni(&wait).await?;
     }
-    ctx.provider
+    match ctx
+        .provider
         .delete_eni(&DeleteEniOptions {
             eni_id: eni_id.to_string(),
             priority: Priority::Release,
         })
-        .await?;
+        .await
+    {
+        Err(e) if e.is_not_found() => {
+            info!(eni = eni_id, "ENI already deleted");
+            return Ok(());
+        }
+        other => other?,
+    }
     let mut wait = WaitEniOptions::new(eni_id.to_string(), WaitCondition::Deleted);
     wait.timeout = ctx.attach_timeout;
     wait.poll_interval = Duration::from_millis(200);

@@ -50,22 +50,22 @@ fn backend_port(sp: &ServicePort, proto: Protocol, slice: &EndpointSlice) -> Opt
     }
 }
 
-/// The frontend addresses: IPv4 cluster IPs, then IPv4 external IPs. IPv6 ones are skipped
-/// (no IPv6 hooks yet).
-fn frontends(svc: &Service, id: &str) -> Vec<Ipv4Addr> {
-    let mut ips: Vec<&str> = Vec::new();
+/// The frontend addresses: IPv4 cluster IPs, then IPv4 external IPs, each with whether it
+/// is a cluster IP. IPv6 ones are skipped (no IPv6 hooks yet).
+fn frontends(svc: &Service, id: &str) -> Vec<(Ipv4Addr, bool)> {
+    let mut ips: Vec<(&str, bool)> = Vec::new();
     if svc.spec.cluster_ips.is_empty() {
-        ips.extend(svc.spec.cluster_ip.as_deref());
+        ips.extend(svc.spec.cluster_ip.as_deref().map(|ip| (ip, true)));
     } else {
-        ips.extend(svc.spec.cluster_ips.iter().map(String::as_str));
+        ips.extend(svc.spec.cluster_ips.iter().map(|ip| (ip.as_str(), true)));
     }
-    ips.extend(svc.spec.external_ips.iter().map(String::as_str));
-    let mut out = Vec::new();
-    for ip in ips {
+    ips.extend(svc.spec.external_ips.iter().map(|ip| (ip.as_str(), false)));
+    let mut out: Vec<(Ipv4Addr, bool)> = Vec::new();
+    for (ip, cluster) in ips {
         match ip.parse::<std::net::IpAddr>() {
             Ok(std::net::IpAddr::V4(v4)) if !v4.is_unspecified() => {
-                if !out.contains(&v4) {
-                    out.push(v4);
+                if !out.iter().any(|(a, _)| *a == v4) {
+                    out.push((v4, cluster));
                 }
             }
             Ok(_) => debug!(service = id, ip, "IPv6 or unspecified frontend skipped"),
@@ -85,11 +85,31 @@ fn frontends(svc: &Service, id: &str) -> Vec<Ipv4Addr> {
 ///   namespace; `ready` endpoints are active, `serving` + `terminating` ones terminating
 ///   (no new connections), the others left out.
 /// - `sessionAffinity: ClientIP`: `timeoutSeconds`, default 10800.
+/// - `internalTrafficPolicy: Local`: see [`DesiredOptions::node_name`].
 ///
 /// Two services claiming one frontend: the first by namespace/name wins, the other is logged.
 pub fn desired(
     services: &[Service],
     slices: &[EndpointSlice],
+) -> BTreeMap<ServiceKey, ServiceSpec> {
+    desired_with(services, slices, &DesiredOptions::default())
+}
+
+/// What [`desired_with`] needs besides the objects.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DesiredOptions {
+    /// This node's Kubernetes name. With it, the cluster IPs of an
+    /// `internalTrafficPolicy: Local` service get only the endpoints whose `nodeName` is
+    /// this node (none there: no backend, as with kube-proxy); its external IPs keep every
+    /// endpoint. Without it, `Local` is treated as `Cluster` (logged).
+    pub node_name: Option<String>,
+}
+
+/// [`desired`] with options.
+pub fn desired_with(
+    services: &[Service],
+    slices: &[EndpointSlice],
+    opts: &DesiredOptions,
 ) -> BTreeMap<ServiceKey, ServiceSpec> {
     let mut order: Vec<&Service> = services.iter().collect();
     order.sort_by(|a, b| {
@@ -109,9 +129,17 @@ pub fn desired(
             debug!(service = %id, "headless service skipped");
             continue;
         }
-        if matches!(svc.spec.internal_traffic_policy.as_deref(), Some("Local")) {
-            warn!(service = %id, "internalTrafficPolicy: Local is not supported yet; treated as Cluster");
-        }
+        let local_node = match (
+            svc.spec.internal_traffic_policy.as_deref(),
+            opts.node_name.as_deref(),
+        ) {
+            (Some("Local"), Some(node)) => Some(node),
+            (Some("Local"), None) => {
+                warn!(service = %id, "internalTrafficPolicy: Local needs services.node_name; treated as Cluster");
+                None
+            }
+            _ => None,
+        };
         let vips = frontends(svc, &id);
         if vips.is_empty() {
             debug!(service = %id, "no IPv4 frontend address; skipped");
@@ -151,6 +179,7 @@ pub fn desired(
                 continue;
             };
             let mut backends = Vec::new();
+            let mut local_backends = Vec::new();
             let mut seen = HashSet::new();
             for slice in &my_slices {
                 let Some(bport) = backend_port(sp, proto, slice) else {
@@ -175,6 +204,9 @@ pub fn desired(
                             continue;
                         };
                         if seen.insert(addr) {
+                            if local_node.is_some() && ep.node_name.as_deref() == local_node {
+                                local_backends.push(b);
+                            }
                             backends.push(b);
                         }
                     }
@@ -184,7 +216,13 @@ pub fn desired(
                 backends,
                 affinity_timeout: affinity,
             });
-            for vip in &vips {
+            let local_spec = local_node.map(|_| {
+                normalize(ServiceSpec {
+                    backends: local_backends,
+                    affinity_timeout: affinity,
+                })
+            });
+            for (vip, cluster) in &vips {
                 let key = ServiceKey {
                     vip: *vip,
                     port,
@@ -195,6 +233,10 @@ pub fn desired(
                     continue;
                 }
                 owner.insert(key, id.clone());
+                let spec = match &local_spec {
+                    Some(local) if *cluster => local,
+                    _ => &spec,
+                };
                 out.insert(key, spec.clone());
             }
         }
@@ -210,4 +252,313 @@ pub fn normalize(mut spec: ServiceSpec) -> ServiceSpec {
     let mut seen = HashSet::new();
     spec.backends.retain(|b| seen.insert(b.addr()));
     spec
+}
+
+/// The per-packet frontends (tc on the node's links) with their `externalTrafficPolicy`.
+pub type ExternalTable = BTreeMap<ServiceKey, eni_bpf::TrafficPolicy>;
+
+/// What the node adds to the Service table for traffic from outside it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeFrontends {
+    /// The node's IPv4 addresses that NodePorts are served on.
+    pub addresses: Vec<Ipv4Addr>,
+    /// `status.loadBalancer.ingress[].ip` by `namespace/name`
+    /// ([`super::types::ServiceStatusDoc::load_balancer_ips`]).
+    pub load_balancer_ips: BTreeMap<String, Vec<Ipv4Addr>>,
+}
+
+/// What [`desired_external`] returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExternalDesired {
+    /// Frontends [`desired`] does not produce: `nodeIP:nodePort` for `NodePort` and
+    /// `LoadBalancer` services, `ingressIP:port` for `LoadBalancer` ones; same backends as
+    /// the service port. Merge into the socket-LB table with [`merge_frontends`].
+    pub extra: BTreeMap<ServiceKey, ServiceSpec>,
+    /// Every frontend served per packet, with its policy: the ones of `extra` plus the
+    /// `externalIPs` ones (which [`desired`] already has).
+    pub external: ExternalTable,
+}
+
+/// The per-packet part of the table for these services: NodePorts on `node.addresses`,
+/// LoadBalancer ingress IPs and externalIPs, with `externalTrafficPolicy` (`Local`: only
+/// backends behind this node, client address kept; otherwise `Cluster`). Backends are
+/// computed exactly as by [`desired`] (the frontends are presented to it as external IPs,
+/// so `internalTrafficPolicy` never narrows them). `ExternalName` and headless services
+/// and ports without a `nodePort` get no NodePort frontend.
+pub fn desired_external(
+    services: &[Service],
+    slices: &[EndpointSlice],
+    node: &NodeFrontends,
+) -> ExternalDesired {
+    let mut derived: Vec<Service> = Vec::new();
+    let mut external = ExternalTable::new();
+    let mut mark = |ip: Ipv4Addr, sp: &ServicePort, port: i32, policy| {
+        if let (Ok(proto), Some(port)) = (
+            protocol(sp.protocol.as_deref()),
+            u16::try_from(port).ok().filter(|p| *p != 0),
+        ) {
+            external
+                .entry(ServiceKey {
+                    vip: ip,
+                    port,
+                    protocol: proto,
+                })
+                .or_insert(policy);
+        }
+    };
+    let mut order: Vec<&Service> = services.iter().collect();
+    order.sort_by(|a, b| {
+        (a.metadata.namespace(), &a.metadata.name).cmp(&(b.metadata.namespace(), &b.metadata.name))
+    });
+    for svc in order {
+        let ty = svc.spec.type_.as_deref().unwrap_or("ClusterIP");
+        if ty == "ExternalName" || matches!(svc.spec.cluster_ip.as_deref(), Some("None")) {
+            continue;
+        }
+        let id = format!("{}/{}", svc.metadata.namespace(), svc.metadata.name);
+        let policy = match svc.spec.external_traffic_policy.as_deref() {
+            Some("Local") => eni_bpf::TrafficPolicy::Local,
+            _ => eni_bpf::TrafficPolicy::Cluster,
+        };
+        for ip in &svc.spec.external_ips {
+            if let Ok(ip) = ip.parse::<Ipv4Addr>() {
+                for sp in &svc.spec.ports {
+                    mark(ip, sp, sp.port, policy);
+                }
+            }
+        }
+        // A copy of the service whose only frontends are `ips` (as external IPs) and whose
+        // ports are renumbered by `port_of`; backends resolve as for the original.
+        let mut derive = |ips: &[Ipv4Addr], port_of: &dyn Fn(&ServicePort) -> Option<i32>| {
+            let ports: Vec<ServicePort> = svc
+                .spec
+                .ports
+                .iter()
+                .filter_map(|sp| {
+                    let port = port_of(sp)?;
+                    for ip in ips {
+                        mark(*ip, sp, port, policy);
+                    }
+                    Some(ServicePort {
+                        port,
+                        target_port: Some(
+                            sp.target_port.clone().unwrap_or(IntOrString::Int(sp.port)),
+                        ),
+                        ..sp.clone()
+                    })
+                })
+                .collect();
+            if ips.is_empty() || ports.is_empty() {
+                return;
+            }
+            let mut d = svc.clone();
+            d.spec.cluster_ip = None;
+            d.spec.cluster_ips = Vec::new();
+            d.spec.external_ips = ips.iter().map(Ipv4Addr::to_string).collect();
+            d.spec.ports = ports;
+            derived.push(d);
+        };
+        if matches!(ty, "NodePort" | "LoadBalancer") {
+            derive(&node.addresses, &|sp: &ServicePort| {
+                sp.node_port.filter(|p| *p > 0)
+            });
+        }
+        if ty == "LoadBalancer" {
+            if let Some(ips) = node.load_balancer_ips.get(&id) {
+                derive(ips, &|sp: &ServicePort| Some(sp.port));
+            }
+        }
+    }
+    let extra = desired(&derived, slices);
+    external
+        .retain(|k, _| extra.contains_key(k) || services.iter().any(|s| serves_external_ip(s, k)));
+    ExternalDesired { extra, external }
+}
+
+fn serves_external_ip(svc: &Service, k: &ServiceKey) -> bool {
+    svc.spec
+        .external_ips
+        .iter()
+        .any(|ip| ip.parse::<Ipv4Addr>().ok() == Some(k.vip))
+        && svc.spec.ports.iter().any(|sp| {
+            u16::try_from(sp.port).ok() == Some(k.port)
+                && protocol(sp.protocol.as_deref()).ok() == Some(k.protocol)
+        })
+}
+
+/// Adds `extra` frontends to a socket-LB table; a frontend already there keeps its spec
+/// (logged), like two services claiming one frontend in [`desired`].
+pub fn merge_frontends(
+    table: &mut BTreeMap<ServiceKey, ServiceSpec>,
+    extra: BTreeMap<ServiceKey, ServiceSpec>,
+) {
+    for (k, spec) in extra {
+        if table.contains_key(&k) {
+            warn!(frontend = %k, "NodePort/LoadBalancer frontend already used by a Service; skipped");
+            continue;
+        }
+        table.insert(k, spec);
+    }
+}
+
+#[cfg(test)]
+mod external_tests {
+    use super::*;
+    use crate::services::types::{
+        EndpointConditions, EndpointPort, ObjectMeta, ServiceSpec as Spec,
+    };
+    use eni_bpf::TrafficPolicy;
+
+    fn svc(ty: &str, etp: Option<&str>) -> Service {
+        Service {
+            metadata: ObjectMeta {
+                name: "web".into(),
+                namespace: Some("shop".into()),
+                ..Default::default()
+            },
+            spec: Spec {
+                type_: Some(ty.into()),
+                cluster_ip: Some("10.96.0.10".into()),
+                external_ips: vec!["192.0.2.7".into()],
+                external_traffic_policy: etp.map(Into::into),
+                ports: vec![
+                    ServicePort {
+                        name: Some("http".into()),
+                        port: 80,
+                        node_port: Some(30080),
+                        target_port: Some(IntOrString::String("web".into())),
+                        ..Default::default()
+                    },
+                    ServicePort {
+                        name: Some("dns".into()),
+                        port: 53,
+                        protocol: Some("UDP".into()),
+                        node_port: Some(30053),
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            },
+        }
+    }
+
+    fn slice() -> EndpointSlice {
+        let mut s = EndpointSlice {
+            metadata: ObjectMeta {
+                name: "web-1".into(),
+                namespace: Some("shop".into()),
+                ..Default::default()
+            },
+            address_type: Some("IPv4".into()),
+            ports: vec![
+                EndpointPort {
+                    name: Some("http".into()),
+                    port: Some(8080),
+                    protocol: Some("TCP".into()),
+                },
+                EndpointPort {
+                    name: Some("dns".into()),
+                    port: Some(5353),
+                    protocol: Some("UDP".into()),
+                },
+            ],
+            ..Default::default()
+        };
+        s.metadata.labels.insert(
+            crate::services::types::SERVICE_NAME_LABEL.into(),
+            "web".into(),
+        );
+        s.endpoints.push(crate::services::types::Endpoint {
+            addresses: vec!["10.0.0.1".into()],
+            conditions: EndpointConditions::default(),
+            ..Default::default()
+        });
+        s
+    }
+
+    fn k(ip: [u8; 4], port: u16, protocol: Protocol) -> ServiceKey {
+        ServiceKey {
+            vip: Ipv4Addr::from(ip),
+            port,
+            protocol,
+        }
+    }
+
+    fn node() -> NodeFrontends {
+        let mut n = NodeFrontends {
+            addresses: vec![Ipv4Addr::new(172, 16, 0, 5)],
+            ..Default::default()
+        };
+        n.load_balancer_ips
+            .insert("shop/web".into(), vec![Ipv4Addr::new(203, 0, 113, 9)]);
+        n
+    }
+
+    #[test]
+    fn load_balancer_gets_nodeports_ingress_ips_and_external_ips() {
+        let d = desired_external(&[svc("LoadBalancer", Some("Local"))], &[slice()], &node());
+        let extra: Vec<_> = d.extra.keys().copied().collect();
+        assert_eq!(
+            extra,
+            vec![
+                k([172, 16, 0, 5], 30053, Protocol::Udp),
+                k([172, 16, 0, 5], 30080, Protocol::Tcp),
+                k([203, 0, 113, 9], 53, Protocol::Udp),
+                k([203, 0, 113, 9], 80, Protocol::Tcp),
+            ]
+        );
+        // Backends resolve through the slice port named like the service port.
+        let be = &d.extra[&k([172, 16, 0, 5], 30080, Protocol::Tcp)].backends;
+        assert_eq!(be.len(), 1);
+        assert_eq!(
+            be[0].addr(),
+            SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 8080)
+        );
+        let udp = &d.extra[&k([203, 0, 113, 9], 53, Protocol::Udp)].backends;
+        assert_eq!(udp[0].port, 5353);
+        // externalIPs are served per packet too (their socket-LB entry comes from desired).
+        let ext: Vec<_> = d.external.iter().map(|(k, p)| (*k, *p)).collect();
+        assert_eq!(ext.len(), 6, "{ext:?}");
+        assert!(ext.iter().all(|(_, p)| *p == TrafficPolicy::Local));
+        assert!(d
+            .external
+            .contains_key(&k([192, 0, 2, 7], 80, Protocol::Tcp)));
+        let base = desired(&[svc("LoadBalancer", Some("Local"))], &[slice()]);
+        assert!(base.contains_key(&k([192, 0, 2, 7], 80, Protocol::Tcp)));
+        let mut table = base.clone();
+        merge_frontends(&mut table, d.extra.clone());
+        assert_eq!(table.len(), base.len() + 4);
+    }
+
+    #[test]
+    fn cluster_ip_services_only_serve_external_ips_and_default_policy_is_cluster() {
+        let d = desired_external(&[svc("ClusterIP", None)], &[slice()], &node());
+        assert!(d.extra.is_empty(), "{:?}", d.extra);
+        assert_eq!(
+            d.external,
+            [
+                (k([192, 0, 2, 7], 53, Protocol::Udp), TrafficPolicy::Cluster),
+                (k([192, 0, 2, 7], 80, Protocol::Tcp), TrafficPolicy::Cluster),
+            ]
+            .into_iter()
+            .collect()
+        );
+        // NodePort: node addresses, no load balancer IPs; no nodePort -> no frontend.
+        let mut s = svc("NodePort", None);
+        s.spec.ports[1].node_port = None;
+        let d = desired_external(&[s], &[slice()], &node());
+        assert_eq!(
+            d.extra.keys().copied().collect::<Vec<_>>(),
+            vec![k([172, 16, 0, 5], 30080, Protocol::Tcp)]
+        );
+    }
+
+    #[test]
+    fn headless_and_external_name_get_nothing() {
+        let mut h = svc("NodePort", None);
+        h.spec.cluster_ip = Some("None".into());
+        let x = svc("ExternalName", None);
+        let d = desired_external(&[h, x], &[slice()], &node());
+        assert!(d.extra.is_empty() && d.external.is_empty());
+    }
 }

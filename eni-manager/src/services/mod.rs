@@ -6,14 +6,14 @@
 //! - [`desired()`]: objects -> the wanted table, one spec per frontend.
 //! - [`reconcile()`]: diff and apply; only changed services are written.
 //! - [`files`]: the standalone source, a directory of YAML files polled every second.
+//! - [`kube`]: the Kubernetes source, Services and EndpointSlices watched through the API
+//!   server (kube-rs watchers), debounced, reconciled once both kinds are listed.
 //! - [`start`]: what the daemon runs when `services.enabled` (load or adopt the pinned
-//!   maps, attach to the cgroup, reconcile on every change).
-//!
-//! The Kubernetes watch source is not implemented yet (`services.source: kubernetes` is
-//! refused by the configuration check).
+//!   maps, attach to the cgroup, reconcile on every change of the configured source).
 
 pub mod desired;
 pub mod files;
+pub mod kube;
 pub mod reconcile;
 pub mod types;
 pub mod udp;
@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use eni_bpf::DatapathMaps;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 pub use desired::desired;
 pub use reconcile::{apply, current, diff, reconcile, ApplyReport, Op};
@@ -131,9 +131,16 @@ impl FileSource {
 pub struct ServicesHandle {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
+    kube_stats: Option<Arc<self::kube::KubeStats>>,
 }
 
 impl ServicesHandle {
+    /// The Kubernetes source's counters (`None` with the file source); their
+    /// [`render`](self::kube::KubeStats::render) is in the manager's metrics format.
+    pub fn kube_stats(&self) -> Option<&Arc<self::kube::KubeStats>> {
+        self.kube_stats.as_ref()
+    }
+
     /// Stops the loop (the pinned maps and links stay: traffic keeps flowing).
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::SeqCst);
@@ -143,12 +150,18 @@ impl ServicesHandle {
     }
 }
 
-/// Loads (or adopts) the pinned maps, attaches the hooks to `cfg.cgroup`, reconciles once,
-/// then keeps reconciling from the source on a thread of its own.
+/// Loads (or adopts) the pinned maps, attaches the hooks to `cfg.cgroup`, then keeps
+/// reconciling from the source on a thread of its own: the file source reconciles once
+/// before this returns; the Kubernetes source builds its client before anything is loaded
+/// (a bad kubeconfig fails here) and reconciles once both kinds have been listed.
 pub fn start(cfg: &ServicesConfig) -> anyhow::Result<ServicesHandle> {
-    if cfg.source != ServiceSourceKind::Files {
-        anyhow::bail!("services.source: only `files` is implemented; the Kubernetes watch source is not implemented yet");
+    match cfg.source {
+        ServiceSourceKind::Files => start_files(cfg),
+        ServiceSourceKind::Kubernetes => start_kube(cfg),
     }
+}
+
+fn load_and_attach(cfg: &ServicesConfig) -> anyhow::Result<eni_bpf::SocketLb> {
     let mut lb = eni_bpf::SocketLb::load_or_adopt(&cfg.bpf_pin_dir).with_context(|| {
         format!(
             "loading the socket load balancer (services.bpf_pin_dir {})",
@@ -162,9 +175,14 @@ pub fn start(cfg: &ServicesConfig) -> anyhow::Result<ServicesHandle> {
         pin_dir = %cfg.bpf_pin_dir.display(),
         cgroup = %cfg.cgroup.display(),
         newly_attached = attached,
-        dir = %cfg.dir.display(),
         "socket load balancer ready"
     );
+    Ok(lb)
+}
+
+fn start_files(cfg: &ServicesConfig) -> anyhow::Result<ServicesHandle> {
+    let mut lb = load_and_attach(cfg)?;
+    info!(dir = %cfg.dir.display(), "services source: files");
     let mut source = FileSource::new(&cfg.dir, RESYNC_INTERVAL);
     let first = source.poll(&mut lb);
     terminate_udp(first.as_ref());
@@ -183,6 +201,57 @@ pub fn start(cfg: &ServicesConfig) -> anyhow::Result<ServicesHandle> {
     Ok(ServicesHandle {
         stop,
         thread: Some(thread),
+        kube_stats: None,
+    })
+}
+
+/// How often the Kubernetes loop looks at the stop flag.
+const STOP_POLL: Duration = Duration::from_millis(100);
+
+fn start_kube(cfg: &ServicesConfig) -> anyhow::Result<ServicesHandle> {
+    // The loop has a runtime of its own on its own thread: the client's background tasks
+    // live there, and map writes (syscalls) never block the daemon's workers.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the services runtime")?;
+    let client = rt.block_on(self::kube::client(cfg.kubeconfig.as_deref()))?;
+    let mut lb = load_and_attach(cfg)?;
+    let opts = self::kube::KubeOptions {
+        desired: desired::DesiredOptions {
+            node_name: cfg.node_name.clone(),
+        },
+        ..Default::default()
+    };
+    info!(
+        kubeconfig = %cfg.kubeconfig.as_deref().map_or("in-cluster".into(), |p| p.display().to_string()),
+        node = opts.desired.node_name.as_deref().unwrap_or(""),
+        "services source: kubernetes; the maps keep what they hold until Services and EndpointSlices are listed"
+    );
+    let stats = Arc::new(self::kube::KubeStats::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let st = stats.clone();
+    let thread = std::thread::Builder::new()
+        .name("services".into())
+        .spawn(move || {
+            let stopped = async move {
+                while !flag.load(Ordering::SeqCst) {
+                    tokio::time::sleep(STOP_POLL).await;
+                }
+            };
+            let r = rt.block_on(self::kube::run(client, &mut lb, &opts, &st, stopped, |r| {
+                terminate_udp(Some(r))
+            }));
+            if let Err(e) = r {
+                error!(error = %e, "the Kubernetes services source stopped; the pinned maps keep serving what they hold");
+            }
+        })
+        .context("starting the services thread")?;
+    Ok(ServicesHandle {
+        stop,
+        thread: Some(thread),
+        kube_stats: Some(stats),
     })
 }
 

@@ -127,3 +127,84 @@ pub fn reconcile<M: DatapathMaps + ?Sized>(
     let ops = diff(desired, &now);
     Ok(apply(maps, &ops, &now))
 }
+
+/// What one reconcile of the per-packet frontends did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExternalReport {
+    /// Frontends newly served or whose policy changed.
+    pub set: usize,
+    /// Frontends no longer served per packet.
+    pub removed: usize,
+    /// Frontends that could not be written (each logged); the others were.
+    pub errors: Vec<String>,
+}
+
+/// Makes the per-packet frontends table equal `want`: removes what is not wanted, then sets
+/// what is missing or differs; writes nothing when they are equal. Run it after
+/// [`reconcile`] so a frontend's backends exist before it is served per packet.
+pub fn reconcile_external<M: eni_bpf::ExternalFrontends + ?Sized>(
+    maps: &mut M,
+    want: &super::desired::ExternalTable,
+) -> Result<ExternalReport, BpfError> {
+    let have: super::desired::ExternalTable = maps.external_frontends()?.into_iter().collect();
+    let mut r = ExternalReport::default();
+    for k in have.keys().filter(|k| !want.contains_key(k)) {
+        match maps.remove_external(*k) {
+            Ok(_) => {
+                r.removed += 1;
+                info!(frontend = %k, "no longer served per packet");
+            }
+            Err(e) => {
+                warn!(frontend = %k, error = %e, "cannot remove per-packet frontend");
+                r.errors.push(format!("remove {k}: {e}"));
+            }
+        }
+    }
+    for (k, policy) in want.iter().filter(|(k, p)| have.get(k) != Some(p)) {
+        match maps.set_external(*k, *policy) {
+            Ok(_) => {
+                r.set += 1;
+                info!(frontend = %k, ?policy, "served per packet");
+            }
+            Err(e) => {
+                warn!(frontend = %k, error = %e, "cannot set per-packet frontend");
+                r.errors.push(format!("set {k}: {e}"));
+            }
+        }
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod external_tests {
+    use super::*;
+    use eni_bpf::{Protocol, TrafficPolicy};
+    use std::net::Ipv4Addr;
+
+    fn k(last: u8) -> ServiceKey {
+        ServiceKey {
+            vip: Ipv4Addr::new(172, 16, 0, last),
+            port: 30080,
+            protocol: Protocol::Tcp,
+        }
+    }
+
+    #[test]
+    fn external_reconcile_sets_changes_removes_and_is_idempotent() {
+        let mut maps: super::super::desired::ExternalTable = [
+            (k(1), TrafficPolicy::Cluster),
+            (k(2), TrafficPolicy::Cluster),
+        ]
+        .into_iter()
+        .collect();
+        let want: super::super::desired::ExternalTable =
+            [(k(2), TrafficPolicy::Local), (k(3), TrafficPolicy::Cluster)]
+                .into_iter()
+                .collect();
+        let r = reconcile_external(&mut maps, &want).expect("reconcile");
+        assert_eq!((r.set, r.removed, r.errors.len()), (2, 1, 0));
+        assert_eq!(maps, want);
+        let again = reconcile_external(&mut maps, &want).expect("again");
+        assert_eq!(again, ExternalReport::default());
+    }
+}

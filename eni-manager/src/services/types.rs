@@ -72,6 +72,10 @@ pub struct ServiceSpec {
     /// `Cluster` (default) or `Local`.
     #[serde(default)]
     pub internal_traffic_policy: Option<String>,
+    /// `externalTrafficPolicy`: `Cluster` (default) or `Local`, for NodePorts, externalIPs
+    /// and LoadBalancer IPs reached from outside the node.
+    #[serde(default)]
+    pub external_traffic_policy: Option<String>,
 }
 
 /// `Service.spec.sessionAffinityConfig`.
@@ -106,6 +110,9 @@ pub struct ServicePort {
     /// Number or name of the pods' port (default: `port`).
     #[serde(default)]
     pub target_port: Option<IntOrString>,
+    /// `nodePort` of a `NodePort` or `LoadBalancer` service (the API server allocates it).
+    #[serde(default)]
+    pub node_port: Option<i32>,
 }
 
 /// An int-or-string field (`targetPort`).
@@ -158,6 +165,9 @@ pub struct Endpoint {
     /// Readiness.
     #[serde(default)]
     pub conditions: EndpointConditions,
+    /// `nodeName`: the node the endpoint runs on (for `internalTrafficPolicy: Local`).
+    #[serde(rename = "nodeName", default)]
+    pub node_name: Option<String>,
 }
 
 /// `EndpointSlice.endpoints[].conditions`; absent values follow the API's rules.
@@ -186,4 +196,58 @@ pub struct EndpointPort {
     /// `TCP` (default), `UDP`, `SCTP`.
     #[serde(default)]
     pub protocol: Option<String>,
+}
+
+/// The `status` of a v1 `Service` document, read on its own (the same document parses as
+/// [`Service`] and as this): only `status.loadBalancer.ingress[].ip` is used.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct ServiceStatusDoc {
+    /// Name, namespace.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// `status`.
+    #[serde(default)]
+    pub status: ServiceStatus,
+}
+
+/// `Service.status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceStatus {
+    /// `status.loadBalancer`.
+    #[serde(default)]
+    pub load_balancer: Option<LoadBalancerStatus>,
+}
+
+/// `Service.status.loadBalancer`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct LoadBalancerStatus {
+    /// `ingress`: the load balancer's addresses.
+    #[serde(default)]
+    pub ingress: Vec<LoadBalancerIngress>,
+}
+
+/// `Service.status.loadBalancer.ingress[]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct LoadBalancerIngress {
+    /// An IP address (a `hostname`-only ingress has none and is not served).
+    #[serde(default)]
+    pub ip: Option<String>,
+}
+
+impl ServiceStatusDoc {
+    /// `namespace/name`, the key of [`super::desired::NodeFrontends::load_balancer_ips`].
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.metadata.namespace(), self.metadata.name)
+    }
+
+    /// The IPv4 `status.loadBalancer.ingress[].ip` addresses (others are skipped).
+    pub fn load_balancer_ips(&self) -> Vec<std::net::Ipv4Addr> {
+        self.status
+            .load_balancer
+            .iter()
+            .flat_map(|lb| lb.ingress.iter())
+            .filter_map(|i| i.ip.as_deref()?.parse().ok())
+            .collect()
+    }
 }

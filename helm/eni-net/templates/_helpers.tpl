@@ -171,6 +171,52 @@ values that cannot work.
 {{- if not (regexMatch "^[A-Za-z0-9_.-]+\\.conflist$" $v.cni.conflistName) }}
 {{- $p = append $p (printf "cni.conflistName %q must be a file name ending in .conflist" $v.cni.conflistName) }}
 {{- end }}
+{{- /* Service load balancing (services.*, bpf.*): the chart owns every path of it. */}}
+{{- $svc := $v.services | default dict }}
+{{- $bpf := $v.bpf | default dict }}
+{{- $pathRe := "^(/[A-Za-z0-9_.-]+)+$" }}
+{{- $dotRe := "(^|/)[.][.]?(/|$)" }}
+{{- if hasKey $v.config "services" }}
+{{- $p = append $p "config.services is set by the chart (its paths must match the DaemonSet's mounts); use services.enabled, services.source, services.configMap, services.cgroupRoot and bpf.pinDir instead" }}
+{{- end }}
+{{- range $e := ($v.extraEnv | default list) }}
+{{- if and (kindIs "map" $e) (hasPrefix "ENI_MANAGER__SERVICES__" (toString $e.name)) }}
+{{- $p = append $p (printf "extraEnv %s: the services section is set by the chart; use the services.* and bpf.* values instead" $e.name) }}
+{{- end }}
+{{- end }}
+{{- $svcSource := toString ($svc.source | default "kubernetes") }}
+{{- if not (has $svcSource (list "kubernetes" "files")) }}
+{{- $p = append $p (printf "services.source %q: use kubernetes (Services and EndpointSlices from the API server) or files (YAML from the ConfigMap named by services.configMap)" $svcSource) }}
+{{- end }}
+{{- $cgroupRoot := toString ($svc.cgroupRoot | default "") }}
+{{- if or (not (regexMatch $pathRe $cgroupRoot)) (regexMatch $dotRe $cgroupRoot) }}
+{{- $p = append $p (printf "services.cgroupRoot %q must be the node's cgroup v2 mount point as an absolute path without a trailing slash, like /sys/fs/cgroup (or /sys/fs/cgroup/unified on a hybrid cgroup v1/v2 node)" $cgroupRoot) }}
+{{- end }}
+{{- $hostBpffs := toString ($bpf.hostBpffs | default "") }}
+{{- $pinDir := toString ($bpf.pinDir | default "") }}
+{{- $bpffsOk := and (regexMatch $pathRe $hostBpffs) (not (regexMatch $dotRe $hostBpffs)) }}
+{{- if not $bpffsOk }}
+{{- $p = append $p (printf "bpf.hostBpffs %q must be an absolute path without a trailing slash where the node has (or gets) its bpf filesystem, like /sys/fs/bpf" $hostBpffs) }}
+{{- end }}
+{{- if or (not (regexMatch $pathRe $pinDir)) (regexMatch $dotRe $pinDir) }}
+{{- $p = append $p (printf "bpf.pinDir %q must be an absolute path without a trailing slash, like /sys/fs/bpf/eni-net" $pinDir) }}
+{{- else if and $bpffsOk (not (hasPrefix (printf "%s/" $hostBpffs) $pinDir)) }}
+{{- $p = append $p (printf "bpf.pinDir %q must be a directory under bpf.hostBpffs %q (pins survive a restart only on the node's bpf filesystem), like %s/eni-net" $pinDir $hostBpffs $hostBpffs) }}
+{{- end }}
+{{- if $svc.enabled }}
+{{- if and (eq $svcSource "files") (not $svc.configMap) }}
+{{- $p = append $p "services.configMap is required when services.source is files: the name of a ConfigMap in the release's namespace whose keys are Service and EndpointSlice *.yaml files" }}
+{{- else if and (eq $svcSource "kubernetes") $svc.configMap }}
+{{- $p = append $p (printf "services.configMap %q is only read with services.source files; remove it, or set services.source files" $svc.configMap) }}
+{{- end }}
+{{- if and $svc.k8sServiceHost (regexMatch "[/\\s]" (toString $svc.k8sServiceHost)) }}
+{{- $p = append $p (printf "services.k8sServiceHost %q: give the API server's host name or address only, not a URL, like 10.0.0.10 (the port goes in services.k8sServicePort)" $svc.k8sServiceHost) }}
+{{- end }}
+{{- $apiPort := int ($svc.k8sServicePort | default 0) }}
+{{- if or (lt $apiPort 1) (gt $apiPort 65535) }}
+{{- $p = append $p (printf "services.k8sServicePort %v: use the API server's port, 1-65535 (usually 443 or 6443)" $svc.k8sServicePort) }}
+{{- end }}
+{{- end }}
 {{- if $p }}
 {{- fail (printf "\n\neni-net: %d problem(s) in the values:\n  - %s\n" (len $p) (join "\n  - " $p)) }}
 {{- end }}
@@ -217,6 +263,29 @@ daemon:
   socket: /run/eni-manager/eni-manager.sock
   state_dir: /var/lib/eni-manager
   metrics_address: {{ printf "%s:%d" .Values.metrics.bindAddress (int .Values.metrics.port) | quote }}
+{{- if .Values.services.enabled }}
+# eBPF Service load balancing (docs/services.md): the paths are the DaemonSet's mounts. The
+# node name comes from the environment (ENI_MANAGER__SERVICES__NODE_NAME, spec.nodeName).
+services:
+  enabled: true
+  source: {{ .Values.services.source | default "kubernetes" }}
+  {{- if eq (.Values.services.source | default "kubernetes") "files" }}
+  dir: {{ include "eni-net.servicesDir" . }}
+  {{- end }}
+  bpf_pin_dir: {{ .Values.bpf.pinDir }}
+  cgroup: {{ include "eni-net.cgroupMountPath" . }}
+{{- end }}
+{{- end }}
+
+{{/* Where the manager sees the node's cgroup v2 root: /host plus the host path. */}}
+{{- define "eni-net.cgroupMountPath" -}}
+{{- printf "/host%s" .Values.services.cgroupRoot }}
+{{- end }}
+
+{{/* Where the manager sees the services ConfigMap (source files). Not under /etc/eni-manager:
+a volume inside the read-only config volume would need a mount point created in it. */}}
+{{- define "eni-net.servicesDir" -}}
+/etc/eni-net/services
 {{- end }}
 
 {{/* The CNI network configuration list. */}}

@@ -119,7 +119,7 @@ pub fn binary(name: &str, env: &str) -> PathBuf {
     }
 }
 
-fn python() -> &'static str {
+pub fn python() -> &'static str {
     if Path::new("/usr/bin/python3").is_file() {
         "/usr/bin/python3"
     } else {
@@ -550,6 +550,24 @@ impl Manager {
         pool: &Value,
         services: &Value,
     ) -> Manager {
+        Manager::start_sections(
+            dir,
+            node,
+            metrics_port,
+            pool,
+            &json!({ "services": services }),
+        )
+    }
+
+    /// As [`Manager::start`], with extra configuration sections (`{"services": ...,
+    /// "policy": ...}`; a `null` section is left out).
+    pub fn start_sections(
+        dir: &Path,
+        node: &str,
+        metrics_port: u16,
+        pool: &Value,
+        sections: &Value,
+    ) -> Manager {
         let bin = binary("eni-manager", "ENI_MANAGER_BIN");
         std::fs::create_dir_all(dir).unwrap();
         let socket = dir.join("manager.sock");
@@ -569,8 +587,10 @@ impl Manager {
                 "metrics_address": format!("127.0.0.1:{metrics_port}")
             }
         });
-        if !services.is_null() {
-            cfg["services"] = services.clone();
+        for (k, v) in sections.as_object().expect("sections is an object") {
+            if !v.is_null() {
+                cfg[k] = v.clone();
+            }
         }
         let config = dir.join("manager.yaml");
         std::fs::write(&config, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
@@ -721,6 +741,8 @@ pub struct Cluster {
     pub b: Manager,
     /// The Service datapath's pieces of node A, when started with services.
     pub svc_a: Option<SvcNode>,
+    /// The NetworkPolicy pieces of node A, when started with policy.
+    pub pol_a: Option<PolicyNode>,
     pub mock: MockCloud,
     pub node_a: Netns,
     pub node_b: Netns,
@@ -757,6 +779,9 @@ pub struct ClusterOpts {
     pub ready_within: Duration,
     /// The nodes' vSwitch (it must hold 192.168.1.10 and .11, the nodes' addresses).
     pub vswitch_cidr: &'static str,
+    /// Node A's manager enforces NetworkPolicy (file source, a private bpffs: see
+    /// [`PolicyNode`]); its CNI then attaches the programs.
+    pub policy: bool,
 }
 
 impl Default for ClusterOpts {
@@ -770,6 +795,7 @@ impl Default for ClusterOpts {
             faults: json!({}),
             ready_within: Duration::from_secs(30),
             vswitch_cidr: "192.168.1.0/24",
+            policy: false,
         }
     }
 }
@@ -857,12 +883,18 @@ impl Cluster {
             );
         }
         let svc_a = services.then(|| SvcNode::create(&dir.path().join("svc-a"), &suffix));
-        let mut a = Manager::start_with(
+        let pol_a = opts
+            .policy
+            .then(|| PolicyNode::create(&dir.path().join("pol-a"), &suffix));
+        let mut a = Manager::start_sections(
             &dir.path().join("node-a"),
             &node_a.name,
             19410,
             pool,
-            &svc_a.as_ref().map_or(Value::Null, SvcNode::config),
+            &json!({
+                "services": svc_a.as_ref().map_or(Value::Null, SvcNode::config),
+                "policy": pol_a.as_ref().map_or(Value::Null, PolicyNode::config),
+            }),
         );
         let mut b = Manager::start(&dir.path().join("node-b"), &node_b.name, 19411, pool);
         a.wait_ready(min_idle, opts.ready_within);
@@ -875,6 +907,7 @@ impl Cluster {
             a,
             b,
             svc_a,
+            pol_a,
             mock,
             node_a,
             node_b,
@@ -1111,6 +1144,55 @@ impl Drop for SvcNode {
         }
         let _ = Command::new("umount").arg(&self.cgroup_mount).status();
         let _ = std::fs::remove_dir(&self.cgroup_mount);
+        let _ = std::fs::remove_dir(&self.bpffs);
+    }
+}
+
+/// What a node's NetworkPolicy needs in a test: a directory of NetworkPolicy/Pod/Namespace
+/// YAML files and a private bpffs for the maps and link pins. Drop unmounts the bpffs (the
+/// link pins, hence the attachments, go with it).
+#[derive(Debug)]
+pub struct PolicyNode {
+    pub dir: PathBuf,
+    pub bpffs: PathBuf,
+}
+
+impl PolicyNode {
+    pub fn create(root: &Path, tag: &str) -> PolicyNode {
+        let pol = PolicyNode {
+            dir: root.join("policy"),
+            bpffs: std::env::temp_dir().join(format!("e2e-polfs-{tag}")),
+        };
+        for d in [&pol.dir, &pol.bpffs] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        sh(&["mount", "-t", "bpf", "bpf", &pol.bpffs.to_string_lossy()]);
+        pol
+    }
+
+    /// The pin directory the manager is told to use.
+    pub fn pin_dir(&self) -> PathBuf {
+        self.bpffs.join("eni-net")
+    }
+
+    /// The manager's `policy` section.
+    pub fn config(&self) -> Value {
+        json!({
+            "enabled": true, "source": "files", "dir": self.dir, "bpf_pin_dir": self.pin_dir()
+        })
+    }
+
+    /// Writes (replaces) one YAML file of the policy directory, atomically.
+    pub fn write(&self, name: &str, yaml: &str) {
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::rename(&tmp, self.dir.join(name)).unwrap();
+    }
+}
+
+impl Drop for PolicyNode {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.bpffs).status();
         let _ = std::fs::remove_dir(&self.bpffs);
     }
 }

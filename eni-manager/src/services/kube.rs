@@ -1,0 +1,800 @@
+//! The Kubernetes source: v1 `Service` and discovery.k8s.io/v1 `EndpointSlice` objects
+//! from the API server through kube-rs watchers (list, then watch; a full re-list after a
+//! restart or a `410 Gone`), kept in an in-memory store of the small types of
+//! [`super::types`] and fed to the same `desired()` -> `reconcile()` pipeline as the file
+//! source.
+//!
+//! Rules it keeps:
+//! - Nothing is reconciled before the initial list of *both* kinds has completed: an empty
+//!   store then means "not known yet", not "no services"; the pinned maps keep serving what
+//!   they hold.
+//! - A (re-)list replaces a kind's objects at once when it completes, so an object missing
+//!   from the new list is dropped then (and its frontends deleted), never halfway through.
+//! - A burst of events gives one reconcile (debounce), and the maps are reconciled again
+//!   every resync interval to repair drift.
+//!
+//! It owns the client, the watch loop and the store; it does not load maps or attach
+//! programs ([`super::start`] does).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ::kube::config::{KubeConfigOptions, Kubeconfig};
+use ::kube::runtime::watcher::{self, watcher, Event};
+use ::kube::runtime::WatchStreamExt;
+use ::kube::{Api, Client};
+use eni_bpf::{DatapathMaps, ServiceKey, ServiceSpec};
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::Service as ApiService;
+use k8s_openapi::api::discovery::v1::EndpointSlice as ApiEndpointSlice;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tracing::{debug, info, info_span, warn};
+
+use super::desired::{desired_with, DesiredOptions};
+use super::reconcile::{reconcile, ApplyReport};
+use super::types::{EndpointSlice, ObjectMeta, Service};
+
+/// Coalescing window: the first change after a reconcile waits this long for the rest of
+/// its burst.
+pub const DEBOUNCE: Duration = Duration::from_millis(100);
+/// How often the maps are reconciled even without events (repairs drift).
+pub const RESYNC: Duration = Duration::from_secs(60);
+/// How long to wait before trying again when the maps could not be read.
+pub const RETRY: Duration = Duration::from_secs(1);
+
+/// Why the Kubernetes source could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeSourceError {
+    /// The kubeconfig named by `services.kubeconfig` could not be read or used.
+    #[error("services.kubeconfig {}: cannot use this kubeconfig", path.display())]
+    Kubeconfig {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: ::kube::config::KubeconfigError,
+    },
+    /// No kubeconfig was given and the in-cluster configuration is not there.
+    #[error(
+        "services.source kubernetes: services.kubeconfig is not set and the in-cluster \
+         configuration is not usable (KUBERNETES_SERVICE_HOST/PORT and the service account \
+         token under /var/run/secrets/kubernetes.io/serviceaccount/); run the manager in a \
+         pod with a service account, or set services.kubeconfig"
+    )]
+    InCluster {
+        /// Why.
+        #[source]
+        source: ::kube::config::InClusterError,
+    },
+    /// The client could not be built from the configuration.
+    #[error("building the Kubernetes client")]
+    Client {
+        /// Why.
+        #[source]
+        source: ::kube::Error,
+    },
+    /// A watch stream ended (kube-rs watchers never end; this is a bug).
+    #[error("the {kind} watch stream ended")]
+    WatchEnded {
+        /// `Service` or `EndpointSlice`.
+        kind: &'static str,
+    },
+}
+
+/// A Kubernetes client from `kubeconfig` (its current context), or from the in-cluster
+/// environment when `None`. Must be called inside the tokio runtime that will drive it.
+pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, KubeSourceError> {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // One process-wide provider; ring is the one the workspace builds. An error means
+        // another thread installed one first, which is as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    let config = match kubeconfig {
+        Some(path) => {
+            let err = |source| KubeSourceError::Kubeconfig {
+                path: path.to_path_buf(),
+                source,
+            };
+            let kc = Kubeconfig::read_from(path).map_err(err)?;
+            ::kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .map_err(err)?
+        }
+        None => {
+            ::kube::Config::incluster().map_err(|source| KubeSourceError::InCluster { source })?
+        }
+    };
+    Client::try_from(config).map_err(|source| KubeSourceError::Client { source })
+}
+
+/// Namespace and name: an object's identity in the store.
+pub type ObjectKey = (String, String);
+
+/// The stored kinds (our reduced types).
+pub trait Object: DeserializeOwned + PartialEq {
+    /// `Service` or `EndpointSlice`.
+    const KIND: &'static str;
+    /// Name and namespace.
+    fn meta(&self) -> &ObjectMeta;
+    /// Namespace and name.
+    fn key(&self) -> ObjectKey {
+        let m = self.meta();
+        (m.namespace().to_string(), m.name.clone())
+    }
+}
+
+impl Object for Service {
+    const KIND: &'static str = "Service";
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+}
+
+impl Object for EndpointSlice {
+    const KIND: &'static str = "EndpointSlice";
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+}
+
+/// The objects of one kind, as the watcher last reported them.
+#[derive(Debug)]
+pub struct Kind<T> {
+    objects: BTreeMap<ObjectKey, T>,
+    /// Objects of a (re-)list in progress; they replace `objects` when it completes.
+    relisting: Option<BTreeMap<ObjectKey, T>>,
+    synced: bool,
+}
+
+impl<T> Default for Kind<T> {
+    fn default() -> Self {
+        Self {
+            objects: BTreeMap::new(),
+            relisting: None,
+            synced: false,
+        }
+    }
+}
+
+impl<T: Object + Clone> Kind<T> {
+    /// Applies one watcher event. `true`: what a reconcile would see changed (an object
+    /// added, changed or removed, or the kind's first list completed).
+    pub fn apply(&mut self, event: Event<T>) -> bool {
+        match event {
+            Event::Init => {
+                debug!(kind = T::KIND, "listing");
+                self.relisting = Some(BTreeMap::new());
+                false
+            }
+            Event::InitApply(o) => {
+                self.relisting.get_or_insert_default().insert(o.key(), o);
+                false
+            }
+            Event::InitDone => {
+                let listed = self.relisting.take().unwrap_or_default();
+                let dropped = self
+                    .objects
+                    .keys()
+                    .filter(|k| !listed.contains_key(*k))
+                    .count();
+                let first = !self.synced;
+                let changed = first || listed != self.objects;
+                info!(
+                    kind = T::KIND,
+                    objects = listed.len(),
+                    dropped,
+                    first,
+                    "list complete"
+                );
+                self.objects = listed;
+                self.synced = true;
+                changed
+            }
+            Event::Apply(o) => {
+                let k = o.key();
+                if self.objects.get(&k) == Some(&o) {
+                    return false;
+                }
+                debug!(kind = T::KIND, namespace = %k.0, name = %k.1, "applied");
+                self.objects.insert(k, o);
+                true
+            }
+            Event::Delete(o) => {
+                let k = o.key();
+                debug!(kind = T::KIND, namespace = %k.0, name = %k.1, "deleted");
+                self.objects.remove(&k).is_some()
+            }
+        }
+    }
+
+    /// Whether a first list has completed.
+    pub fn synced(&self) -> bool {
+        self.synced
+    }
+
+    /// The objects, by namespace and name.
+    pub fn objects(&self) -> &BTreeMap<ObjectKey, T> {
+        &self.objects
+    }
+}
+
+/// Services and EndpointSlices as last listed and watched.
+#[derive(Debug, Default)]
+pub struct KubeStore {
+    /// Services.
+    pub services: Kind<Service>,
+    /// EndpointSlices.
+    pub slices: Kind<EndpointSlice>,
+}
+
+impl KubeStore {
+    /// Whether both kinds have been listed: only then is the store the truth.
+    pub fn ready(&self) -> bool {
+        self.services.synced() && self.slices.synced()
+    }
+
+    /// The desired table. Only meaningful when [`ready`](Self::ready).
+    pub fn desired(&self, opts: &DesiredOptions) -> BTreeMap<ServiceKey, ServiceSpec> {
+        let services: Vec<Service> = self.services.objects.values().cloned().collect();
+        let slices: Vec<EndpointSlice> = self.slices.objects.values().cloned().collect();
+        desired_with(&services, &slices, opts)
+    }
+}
+
+/// Converts an API object into our reduced type (the field names are the API's).
+fn reduce<K: Serialize, T: DeserializeOwned>(obj: &K) -> Result<T, serde_json::Error> {
+    serde_json::to_value(obj).and_then(serde_json::from_value)
+}
+
+/// A watcher event on API objects -> the same event on our types. An object that does not
+/// convert is logged and dropped (`None`).
+pub fn reduce_event<K, T>(event: Event<K>) -> Option<Event<T>>
+where
+    K: Serialize + ::kube::Resource,
+    T: Object,
+{
+    let conv = |o: K| match reduce::<K, T>(&o) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            warn!(
+                kind = T::KIND,
+                namespace = o.meta().namespace.as_deref().unwrap_or(""),
+                name = o.meta().name.as_deref().unwrap_or(""),
+                error = %e,
+                "object not understood; ignored"
+            );
+            None
+        }
+    };
+    Some(match event {
+        Event::Init => Event::Init,
+        Event::InitDone => Event::InitDone,
+        Event::InitApply(o) => Event::InitApply(conv(o)?),
+        Event::Apply(o) => Event::Apply(conv(o)?),
+        Event::Delete(o) => Event::Delete(conv(o)?),
+    })
+}
+
+const KINDS: [&str; 2] = [Service::KIND, EndpointSlice::KIND];
+
+/// Counters of the Kubernetes source, rendered like the manager's other metrics.
+#[derive(Debug, Default)]
+pub struct KubeStats {
+    synced: AtomicBool,
+    events: [AtomicU64; 2],
+    lists: [AtomicU64; 2],
+    watch_errors: [AtomicU64; 2],
+    reconciles: AtomicU64,
+    reconcile_failures: AtomicU64,
+    frontends: AtomicU64,
+}
+
+impl KubeStats {
+    /// Whether both initial lists completed.
+    pub fn synced(&self) -> bool {
+        self.synced.load(Ordering::Relaxed)
+    }
+    /// Completed lists of `Service` (index 0) or `EndpointSlice` (1).
+    pub fn lists(&self, kind: usize) -> u64 {
+        self.lists[kind].load(Ordering::Relaxed)
+    }
+    /// Watch errors (including `410 Gone`) of a kind.
+    pub fn watch_errors(&self, kind: usize) -> u64 {
+        self.watch_errors[kind].load(Ordering::Relaxed)
+    }
+    /// Reconciles done (each one diffed the maps).
+    pub fn reconciles(&self) -> u64 {
+        self.reconciles.load(Ordering::Relaxed)
+    }
+
+    /// The text exposition of these counters.
+    pub fn render(&self) -> String {
+        fn family(o: &mut String, name: &str, help: &str, ty: &str, series: &[(&str, u64)]) {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {ty}");
+            for (labels, v) in series {
+                let _ = writeln!(o, "{name}{labels} {v}");
+            }
+        }
+        let by_kind = |arr: &[AtomicU64; 2]| -> Vec<(String, u64)> {
+            KINDS
+                .iter()
+                .zip(arr)
+                .map(|(k, v)| (format!("{{kind=\"{k}\"}}"), v.load(Ordering::Relaxed)))
+                .collect()
+        };
+        let mut o = String::new();
+        family(
+            &mut o,
+            "eni_services_kube_synced",
+            "1 once the initial lists of Services and EndpointSlices completed.",
+            "gauge",
+            &[("", u64::from(self.synced()))],
+        );
+        for (name, help, arr) in [
+            (
+                "eni_services_kube_events_total",
+                "Objects received from lists and watches.",
+                &self.events,
+            ),
+            (
+                "eni_services_kube_lists_total",
+                "Completed lists (the first, and re-lists after a restart or 410 Gone).",
+                &self.lists,
+            ),
+            (
+                "eni_services_kube_watch_errors_total",
+                "List and watch errors, 410 Gone included.",
+                &self.watch_errors,
+            ),
+        ] {
+            let series = by_kind(arr);
+            let series: Vec<(&str, u64)> = series.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+            family(&mut o, name, help, "counter", &series);
+        }
+        family(
+            &mut o,
+            "eni_services_reconciles_total",
+            "Reconciles of the service maps from the Kubernetes source.",
+            "counter",
+            &[("", self.reconciles())],
+        );
+        family(
+            &mut o,
+            "eni_services_reconcile_failures_total",
+            "Reconciles that could not read the maps or left a service unapplied.",
+            "counter",
+            &[("", self.reconcile_failures.load(Ordering::Relaxed))],
+        );
+        family(
+            &mut o,
+            "eni_services_frontends",
+            "Frontends (address, port, protocol) wanted at the last reconcile.",
+            "gauge",
+            &[("", self.frontends.load(Ordering::Relaxed))],
+        );
+        o
+    }
+}
+
+/// How the loop runs.
+#[derive(Debug, Clone)]
+pub struct KubeOptions {
+    /// What `desired()` needs beyond the objects (this node's name).
+    pub desired: DesiredOptions,
+    /// Coalescing window for bursts of events.
+    pub debounce: Duration,
+    /// Reconcile at least this often once synced.
+    pub resync: Duration,
+    /// Wait this long after a failed read of the maps.
+    pub retry: Duration,
+}
+
+impl Default for KubeOptions {
+    fn default() -> Self {
+        Self {
+            desired: DesiredOptions::default(),
+            debounce: DEBOUNCE,
+            resync: RESYNC,
+            retry: RETRY,
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One watch stream's item: our event, or the watcher's error.
+type Item<T> = Result<Event<T>, watcher::Error>;
+
+fn watch<K, T>(api: Api<K>) -> impl Stream<Item = Item<T>> + Send
+where
+    K: ::kube::Resource
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default,
+    T: Object + Send + 'static,
+{
+    // `resourceVersion=0`: lists are served from the API server's watch cache, like
+    // kube-proxy's informers; every node runs one of these, so quorum reads would weigh on
+    // etcd. No page size: kube-rs drops `resourceVersion=0` from a paged list (the API
+    // server ignores the limit of a cached list anyway).
+    let mut config = watcher::Config::default().any_semantic();
+    config.page_size = None;
+    watcher(api, config)
+        .default_backoff()
+        .filter_map(|r| async move {
+            match r {
+                Ok(ev) => reduce_event::<K, T>(ev).map(Ok),
+                Err(e) => Some(Err(e)),
+            }
+        })
+}
+
+/// Applies one item of kind `idx` to `kind`; `true` when the store changed.
+fn on_item<T: Object + Clone>(
+    kind: &mut Kind<T>,
+    idx: usize,
+    item: Option<Item<T>>,
+    stats: &KubeStats,
+) -> Result<bool, KubeSourceError> {
+    match item {
+        None => Err(KubeSourceError::WatchEnded { kind: T::KIND }),
+        Some(Ok(ev)) => {
+            match &ev {
+                Event::InitApply(_) | Event::Apply(_) | Event::Delete(_) => {
+                    stats.events[idx].fetch_add(1, Ordering::Relaxed);
+                }
+                Event::InitDone => {
+                    stats.lists[idx].fetch_add(1, Ordering::Relaxed);
+                }
+                Event::Init => {
+                    if kind.synced() {
+                        info!(kind = T::KIND, "watch restarted; re-listing");
+                    }
+                }
+            }
+            Ok(kind.apply(ev))
+        }
+        Some(Err(e)) => {
+            stats.watch_errors[idx].fetch_add(1, Ordering::Relaxed);
+            match &e {
+                watcher::Error::WatchError(status) if status.code == 410 => {
+                    info!(kind = T::KIND, message = %status.message, "watch expired (410 Gone); re-listing");
+                }
+                _ => {
+                    warn!(kind = T::KIND, error = %e, "list/watch failed; retrying with backoff (the current services stay)");
+                }
+            }
+            Ok(false)
+        }
+    }
+}
+
+/// Watches Services and EndpointSlices through `client` and keeps `maps` in line with
+/// them until `stop` completes. `on_report` sees every reconcile's report (the daemon
+/// terminates UDP sockets of removed backends with it).
+///
+/// Returns `Ok(())` when stopped; an error only if a watch stream ends, which kube-rs
+/// watchers do not do (they retry with backoff forever).
+pub async fn run<M, S, F>(
+    client: Client,
+    maps: &mut M,
+    opts: &KubeOptions,
+    stats: &KubeStats,
+    stop: S,
+    mut on_report: F,
+) -> Result<(), KubeSourceError>
+where
+    M: DatapathMaps + ?Sized,
+    S: Future<Output = ()>,
+    F: FnMut(&ApplyReport),
+{
+    let mut services = Box::pin(watch::<ApiService, Service>(Api::all(client.clone())));
+    let mut slices = Box::pin(watch::<ApiEndpointSlice, EndpointSlice>(Api::all(client)));
+    let mut stop = std::pin::pin!(stop);
+    let mut store = KubeStore::default();
+    let mut dirty_since: Option<Instant> = None;
+    let mut next_resync: Option<Instant> = None;
+    let mut was_ready = false;
+    loop {
+        let deadline = if store.ready() {
+            [dirty_since.map(|t| t + opts.debounce), next_resync]
+                .into_iter()
+                .flatten()
+                .min()
+        } else {
+            None
+        };
+        let changed = tokio::select! {
+            () = &mut stop => return Ok(()),
+            item = services.next() => on_item(&mut store.services, 0, item, stats)?,
+            item = slices.next() => on_item(&mut store.slices, 1, item, stats)?,
+            () = sleep_until(deadline) => {
+                let span = info_span!("reconcile", source = "kubernetes");
+                let _g = span.enter();
+                let want = store.desired(&opts.desired);
+                stats.frontends.store(want.len() as u64, Ordering::Relaxed);
+                match reconcile(maps, &want) {
+                    Ok(report) => {
+                        stats.reconciles.fetch_add(1, Ordering::Relaxed);
+                        if !report.errors.is_empty() {
+                            stats.reconcile_failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if report.upserted + report.deleted > 0 || dirty_since.is_some() {
+                            info!(
+                                services = store.services.objects().len(),
+                                slices = store.slices.objects().len(),
+                                frontends = want.len(),
+                                upserted = report.upserted,
+                                deleted = report.deleted,
+                                map_ops = report.map_ops,
+                                errors = report.errors.len(),
+                                "services reconciled"
+                            );
+                        }
+                        dirty_since = None;
+                        // A service that could not be applied is tried again soon.
+                        let wait = if report.errors.is_empty() {
+                            opts.resync
+                        } else {
+                            opts.retry
+                        };
+                        next_resync = Some(Instant::now() + wait);
+                        on_report(&report);
+                    }
+                    Err(e) => {
+                        stats.reconcile_failures.fetch_add(1, Ordering::Relaxed);
+                        warn!(error = %e, "cannot read the service maps; will retry");
+                        // The retry below does what the pending change asked for.
+                        dirty_since = None;
+                        next_resync = Some(Instant::now() + opts.retry);
+                    }
+                }
+                false
+            }
+        };
+        if changed && dirty_since.is_none() {
+            dirty_since = Some(Instant::now());
+        }
+        if store.ready() && !was_ready {
+            was_ready = true;
+            stats.synced.store(true, Ordering::Relaxed);
+            info!(
+                services = store.services.objects().len(),
+                slices = store.slices.objects().len(),
+                "Kubernetes services source synced; reconciling"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::services::types::{Endpoint, ServicePort, ServiceSpec as Spec};
+
+    fn svc(ns: &str, name: &str, ip: &str) -> Service {
+        Service {
+            metadata: ObjectMeta {
+                name: name.into(),
+                namespace: Some(ns.into()),
+                ..Default::default()
+            },
+            spec: Spec {
+                cluster_ip: Some(ip.into()),
+                ports: vec![ServicePort {
+                    port: 80,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        }
+    }
+
+    fn slice(ns: &str, name: &str, service: &str, ips: &[&str]) -> EndpointSlice {
+        let mut s = EndpointSlice {
+            metadata: ObjectMeta {
+                name: name.into(),
+                namespace: Some(ns.into()),
+                ..Default::default()
+            },
+            endpoints: ips
+                .iter()
+                .map(|ip| Endpoint {
+                    addresses: vec![ip.to_string()],
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        s.metadata.labels.insert(
+            super::super::types::SERVICE_NAME_LABEL.into(),
+            service.into(),
+        );
+        s
+    }
+
+    #[test]
+    fn a_relist_replaces_the_kind_only_when_it_completes() {
+        let mut k: Kind<Service> = Kind::default();
+        assert!(!k.apply(Event::Init));
+        assert!(!k.apply(Event::InitApply(svc("a", "x", "10.96.0.1"))));
+        assert!(!k.apply(Event::InitApply(svc("a", "y", "10.96.0.2"))));
+        assert!(!k.synced(), "not synced before InitDone");
+        assert!(k.objects().is_empty(), "nothing committed before InitDone");
+        assert!(k.apply(Event::InitDone));
+        assert!(k.synced());
+        assert_eq!(k.objects().len(), 2);
+        // The same object again is no change.
+        assert!(!k.apply(Event::Apply(svc("a", "x", "10.96.0.1"))));
+        assert!(k.apply(Event::Apply(svc("a", "x", "10.96.0.9"))));
+        // A re-list without y: y stays until the list completes, then goes.
+        assert!(!k.apply(Event::Init));
+        assert!(!k.apply(Event::InitApply(svc("a", "x", "10.96.0.9"))));
+        assert_eq!(k.objects().len(), 2);
+        assert!(k.apply(Event::InitDone));
+        assert_eq!(
+            k.objects().keys().cloned().collect::<Vec<_>>(),
+            vec![("a".to_string(), "x".to_string())]
+        );
+        // An identical re-list changes nothing.
+        assert!(!k.apply(Event::Init));
+        assert!(!k.apply(Event::InitApply(svc("a", "x", "10.96.0.9"))));
+        assert!(!k.apply(Event::InitDone));
+        assert!(k.apply(Event::Delete(svc("a", "x", "10.96.0.9"))));
+        assert!(!k.apply(Event::Delete(svc("a", "x", "10.96.0.9"))));
+    }
+
+    #[test]
+    fn an_empty_first_list_is_a_change_and_sync() {
+        let mut k: Kind<EndpointSlice> = Kind::default();
+        assert!(!k.apply(Event::Init));
+        assert!(
+            k.apply(Event::InitDone),
+            "the first list completing is a change"
+        );
+        assert!(k.synced());
+    }
+
+    #[test]
+    fn the_store_is_ready_only_when_both_kinds_listed() {
+        let mut s = KubeStore::default();
+        s.services.apply(Event::Init);
+        s.services
+            .apply(Event::InitApply(svc("a", "x", "10.96.0.1")));
+        s.services.apply(Event::InitDone);
+        assert!(!s.ready());
+        s.slices.apply(Event::Init);
+        s.slices.apply(Event::InitApply(slice(
+            "a",
+            "x-1",
+            "x",
+            &["10.0.0.1", "10.0.0.2"],
+        )));
+        s.slices.apply(Event::InitDone);
+        assert!(s.ready());
+        let d = s.desired(&DesiredOptions::default());
+        assert_eq!(d.len(), 1);
+        assert_eq!(d.values().next().unwrap().backends.len(), 2);
+    }
+
+    #[test]
+    fn internal_traffic_policy_local_uses_the_node_name_when_given() {
+        let mut s = KubeStore::default();
+        let mut web = svc("a", "web", "10.96.0.1");
+        web.spec.internal_traffic_policy = Some("Local".into());
+        s.services.apply(Event::Init);
+        s.services.apply(Event::InitApply(web));
+        s.services.apply(Event::InitDone);
+        let mut sl = slice("a", "web-1", "web", &["10.0.0.1", "10.0.0.2"]);
+        sl.endpoints[0].node_name = Some("node-a".into());
+        sl.endpoints[1].node_name = Some("node-b".into());
+        s.slices.apply(Event::Init);
+        s.slices.apply(Event::InitApply(sl));
+        s.slices.apply(Event::InitDone);
+        let backends = |node: Option<&str>| -> Vec<String> {
+            let d = s.desired(&DesiredOptions {
+                node_name: node.map(str::to_string),
+            });
+            d.values()
+                .next()
+                .unwrap()
+                .backends
+                .iter()
+                .map(|b| b.addr().to_string())
+                .collect()
+        };
+        assert_eq!(backends(Some("node-a")), vec!["10.0.0.1:80"]);
+        assert_eq!(backends(Some("node-c")), Vec::<String>::new());
+        assert_eq!(
+            backends(None),
+            vec!["10.0.0.1:80", "10.0.0.2:80"],
+            "no node name: Cluster"
+        );
+    }
+
+    #[test]
+    fn api_objects_reduce_to_our_types() {
+        let api: ApiService = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "shop", "resourceVersion": "7",
+                         "annotations": {"x": "y"}},
+            "spec": {"type": "ClusterIP", "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
+                     "internalTrafficPolicy": "Local", "sessionAffinity": "ClientIP",
+                     "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 30}},
+                     "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": "http-alt"},
+                               {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 5353}]},
+            "status": {"loadBalancer": {}}
+        }))
+        .unwrap();
+        let ours: Service = reduce(&api).unwrap();
+        assert_eq!(ours.key(), ("shop".to_string(), "web".to_string()));
+        assert_eq!(ours.spec.cluster_ip.as_deref(), Some("10.96.0.10"));
+        assert_eq!(ours.spec.internal_traffic_policy.as_deref(), Some("Local"));
+        assert_eq!(
+            ours.spec.ports[0].target_port,
+            Some(crate::services::types::IntOrString::String(
+                "http-alt".into()
+            ))
+        );
+        assert_eq!(
+            ours.spec.ports[1].target_port,
+            Some(crate::services::types::IntOrString::Int(5353))
+        );
+        assert_eq!(
+            ours.spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds),
+            Some(30)
+        );
+        let api: ApiEndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-1", "namespace": "shop",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [{"addresses": ["10.0.0.1"], "nodeName": "node-a",
+                           "conditions": {"ready": false, "serving": true, "terminating": true}}]
+        }))
+        .unwrap();
+        let ours: EndpointSlice = reduce(&api).unwrap();
+        assert_eq!(ours.service_name(), Some("web"));
+        assert_eq!(ours.endpoints[0].node_name.as_deref(), Some("node-a"));
+        assert_eq!(ours.endpoints[0].conditions.terminating, Some(true));
+        assert_eq!(ours.ports[0].port, Some(8080));
+    }
+
+    #[test]
+    fn stats_render_each_series_under_its_header() {
+        let s = KubeStats::default();
+        s.lists[1].fetch_add(2, Ordering::Relaxed);
+        let text = s.render();
+        assert!(
+            text.contains(
+                "# TYPE eni_services_kube_lists_total counter\n\
+             eni_services_kube_lists_total{kind=\"Service\"} 0\n\
+             eni_services_kube_lists_total{kind=\"EndpointSlice\"} 2\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE eni_services_kube_synced gauge\neni_services_kube_synced 0\n"),
+            "{text}"
+        );
+        assert!(text.contains("eni_services_frontends 0\n"), "{text}");
+    }
+}
