@@ -3,7 +3,8 @@
 # runs the whole system on this machine and narrates it: an emulated Alibaba Cloud
 # (mock-cloud) whose two instances are network namespaces, an eni-manager on each, pods as
 # network namespaces wired by the real eni-cni binary, a Service through the eBPF socket load
-# balancer. It removes everything it made when it ends (also on failure). Root only.
+# balancer, a NetworkPolicy from YAML enforced in eBPF. It removes everything it made when it
+# ends (also on failure). Root only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
