@@ -22,9 +22,9 @@
 // one reply entry (backend -> client or node, how to translate back) per flow.
 //
 // The map layouts are mirrored by `bpf/src/maps.rs` (#[repr(C)], explicit padding);
-// change both together. lb4_services and lb4_backends are declared exactly as in
-// socket_lb.bpf.c: both objects use the same pinned maps. Addresses and ports are in
-// network byte order.
+// change both together. lb4_services and lb4_backends (and their types) come from
+// lb4_tables.h, shared with socket_lb.bpf.c: both objects use the same pinned maps.
+// Addresses and ports are in network byte order.
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -36,9 +36,10 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
+#include "lb4_tables.h"
+
 #define AF_INET 2
 
-#define BACKEND_ACTIVE 1
 
 #define NSEC_PER_SEC 1000000000ULL
 
@@ -67,33 +68,6 @@
 #ifndef offsetof
 #define offsetof(t, m) __builtin_offsetof(t, m)
 #endif
-
-struct svc_key {
-	__u32 vip;
-	__u16 port;
-	__u8 proto;
-	__u8 pad;
-};
-
-struct svc_val {
-	__u32 id;
-	__u16 backend_count;
-	__u16 active_count;
-	__u32 affinity_timeout_s;
-	__u32 flags;
-};
-
-struct be_key {
-	__u32 svc_id;
-	__u32 slot;
-};
-
-struct be_val {
-	__u32 ip;
-	__u16 port;
-	__u8 state;
-	__u8 pad;
-};
 
 struct fe_val {
 	__u32 flags;
@@ -140,24 +114,6 @@ struct np_aff_val {
 	__u16 port;
 	__u16 slot;
 };
-
-/* Shared with socket_lb.bpf.c: declared identically (type, sizes, max_entries, flags),
- * whichever object creates the pin first; tests/nodeport_root.rs checks they agree. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct svc_key);
-	__type(value, struct svc_val);
-} lb4_services SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1048576);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct be_key);
-	__type(value, struct be_val);
-} lb4_backends SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

@@ -17,40 +17,12 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
+#include "lb4_tables.h"
+
 #define AF_INET 2
 #define AF_INET6 10
 
-#define BACKEND_ACTIVE 1
-#define BACKEND_TERMINATING 2
-
 #define NSEC_PER_SEC 1000000000ULL
-
-struct svc_key {
-	__u32 vip;
-	__u16 port;
-	__u8 proto;
-	__u8 pad;
-};
-
-struct svc_val {
-	__u32 id;
-	__u16 backend_count; /* slots [0, backend_count) exist */
-	__u16 active_count;  /* slots [0, active_count) are ACTIVE, the rest TERMINATING */
-	__u32 affinity_timeout_s; /* 0: no session affinity */
-	__u32 flags;
-};
-
-struct be_key {
-	__u32 svc_id;
-	__u32 slot;
-};
-
-struct be_val {
-	__u32 ip;
-	__u16 port;
-	__u8 state;
-	__u8 pad;
-};
 
 struct aff_key {
 	__u64 netns_cookie;
@@ -73,27 +45,6 @@ struct rev_key {
 };
 
 /* rev_nat's value is the service key the socket was translated from. */
-
-/*
- * Not preallocated: kernel memory follows the Services actually installed, so the limits can
- * be those of a large cluster (65,536 frontends, 1,048,576 backend slots: 10,000 Services
- * of 10 endpoints each use 10,000 and 100,000).
- */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct svc_key);
-	__type(value, struct svc_val);
-} lb4_services SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1048576);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct be_key);
-	__type(value, struct be_val);
-} lb4_backends SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
