@@ -221,9 +221,12 @@ def semantics(values_file: Path) -> None:
     cm = one(objs, "ConfigMap")
     cfg = yaml.safe_load(cm["data"]["config.yaml"])
     svc_on = bool(values.get("services", {}).get("enabled", False))
-    sections = {"cloud", "cluster", "network", "pool", "gc", "daemon"} | ({"services"} if svc_on else set())
+    pol_on = bool(values.get("policy", {}).get("enabled", False))
+    sections = ({"cloud", "cluster", "network", "pool", "gc", "daemon"}
+                | ({"services"} if svc_on else set()) | ({"policy"} if pol_on else set()))
     assert set(cfg) == sections, set(cfg)
     services_wiring(values, ds, cm, cfg)
+    policy_wiring(values, ds, cm, cfg)
     want_creds = {"aliyun": "ram_role" if source == "ramRole" else "env", "aws": "chain"}[provider]
     assert cfg["cloud"]["credentials"] == want_creds, cfg["cloud"]["credentials"]
     assert cfg["cluster"]["id"] == values["config"]["cluster"]["id"]
@@ -264,6 +267,10 @@ def semantics(values_file: Path) -> None:
                 want = dict(cfg["services"], node_name=NODE_NAME)
                 diff = {k: (got.get(k), v) for k, v in want.items() if got.get(k) != v}
                 assert not diff, f"eni-manager --check-config services (got, want): {diff}"
+            if pol_on:
+                got = yaml.safe_load(r.stdout)["policy"]
+                diff = {k: (got.get(k), v) for k, v in cfg["policy"].items() if got.get(k) != v}
+                assert not diff, f"eni-manager --check-config policy (got, want): {diff}"
     else:
         why = STALE_NOTE or "no eni-manager binary (build it or set ENI_MANAGER_BIN)"
         print(f"     note: {values_file.name}: {why}; the rendered config was not checked "
@@ -298,14 +305,23 @@ def services_wiring(values: dict, ds: dict, cm: dict, cfg: dict) -> None:
     env = {e["name"]: e for e in mgr.get("env", [])}
     if not svc.get("enabled", False):
         assert "services" not in cfg, "services section rendered while services.enabled is false"
-        host_paths = {v["hostPath"]["path"] for v in vols.values() if "hostPath" in v}
+        # policy.enabled brings the bpffs (and its init container) on its own; see
+        # policy_wiring.
+        pol = values.get("policy", {})
+        pol_on = bool(pol.get("enabled", False))
+        bpf_vols = {"bpffs"} if pol_on else set()
+        if pol_on and pol.get("source", "kubernetes") == "files":
+            bpf_vols.add("policy-files")
+        host_paths = {v["hostPath"]["path"] for k, v in vols.items()
+                      if "hostPath" in v and k not in bpf_vols}
         assert not {p for p in host_paths if p.startswith(("/sys", "/proc"))}, host_paths
         assert set(vols) == {"config", "cni-files", "run-dir", "state-dir", "netns-dir",
-                             "cni-bin-dir", "cni-conf-dir"}, set(vols)
-        assert inits == ["install-cni"], inits
+                             "cni-bin-dir", "cni-conf-dir"} | bpf_vols, set(vols)
+        assert inits == ["install-cni"] + (["mount-bpffs"] if pol_on else []), inits
         assert not [n for n in env if n.startswith("ENI_MANAGER__SERVICES__")
                     or n.startswith("KUBERNETES_SERVICE_")], sorted(env)
-        assert "mount-bpffs.sh" not in cm["data"], "mount-bpffs.sh rendered while services are off"
+        assert pol_on or "mount-bpffs.sh" not in cm["data"], \
+            "mount-bpffs.sh rendered while services and policy are off"
         return
     source = svc.get("source", "kubernetes")
     host_bpffs = bpf.get("hostBpffs", "/sys/fs/bpf")
@@ -352,6 +368,12 @@ def services_wiring(values: dict, ds: dict, cm: dict, cfg: dict) -> None:
         assert files_vol["configMap"]["name"] == svc["configMap"], files_vol
     else:
         assert "dir" not in sc, "services.dir is only for the files source"
+    np = svc.get("nodeport", {})
+    if np.get("enabled"):
+        assert sc["nodeport"] == {"enabled": True, "links": np["links"],
+                                  "addresses": np.get("addresses", [])}, sc["nodeport"]
+    else:
+        assert "nodeport" not in sc, "services.nodeport rendered while off"
     ref = env["ENI_MANAGER__SERVICES__NODE_NAME"]["valueFrom"]["fieldRef"]
     assert ref["fieldPath"] == "spec.nodeName", ref
     if svc.get("k8sServiceHost"):
@@ -366,6 +388,59 @@ def services_wiring(values: dict, ds: dict, cm: dict, cfg: dict) -> None:
             continue
         names = {m["name"] for m in c["volumeMounts"]}
         assert not names & {bpffs_mount["name"], cg_mount["name"]}, f"{c['name']} mounts {names}"
+
+
+def policy_wiring(values: dict, ds: dict, cm: dict, cfg: dict) -> None:
+    """policy.enabled: the manager's `policy` section pins next to the services' maps on the
+    node's bpffs (mounted Bidirectional, with the mount-bpffs init container), and for the
+    files source reads the ConfigMap's mount. Disabled: no `policy` section at all (the chart
+    used to drop config.policy; now it is refused, and the values own the section)."""
+    pol = values.get("policy", {})
+    bpf = values.get("bpf", {})
+    spec = ds["spec"]["template"]["spec"]
+    mgr = container(ds, "eni-manager")
+    vols = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["mountPath"]: m for m in mgr["volumeMounts"]}
+    if not pol.get("enabled", False):
+        assert "policy" not in cfg, "policy section rendered while policy.enabled is false"
+        assert "policy-files" not in vols
+        return
+    source = pol.get("source", "kubernetes")
+    host_bpffs = bpf.get("hostBpffs", "/sys/fs/bpf")
+    pin_dir = bpf.get("pinDir", "/sys/fs/bpf/eni-net")
+    pc = cfg["policy"]
+    assert pc["enabled"] is True and pc["source"] == source, pc
+    assert "kubeconfig" not in pc, "in a pod the manager uses the in-cluster service account"
+    assert pc["bpf_pin_dir"] == pin_dir, pc
+    bpffs_mount = mounts.get(host_bpffs)
+    assert bpffs_mount, f"manager lacks the bpffs mount {host_bpffs}"
+    assert bpffs_mount.get("mountPropagation") == "Bidirectional", bpffs_mount
+    assert vols[bpffs_mount["name"]]["hostPath"] == {"path": host_bpffs, "type": "DirectoryOrCreate"}
+    assert "mount-bpffs" in [c["name"] for c in spec["initContainers"]]
+    items = {i["key"] for i in vols["cni-files"]["configMap"]["items"]}
+    assert "mount-bpffs.sh" in items and "mount-bpffs.sh" in cm["data"], "mount-bpffs.sh not mounted"
+    if source == "files":
+        assert pc["dir"] in mounts, f"policy.dir {pc['dir']} is not mounted"
+        assert mounts[pc["dir"]].get("readOnly") is True
+        files_vol = vols[mounts[pc["dir"]]["name"]]
+        assert files_vol["configMap"]["name"] == pol["configMap"], files_vol
+    else:
+        assert "dir" not in pc, "policy.dir is only for the files source"
+        assert "policy-files" not in vols
+
+
+def policy_rbac() -> None:
+    """The ClusterRole lets the policy source list and watch what it watches."""
+    objs = objects(render(load_values(CI / "aliyun-policy-values.yaml")))
+    rules = one(objs, "ClusterRole")["rules"]
+
+    def allowed(group: str, resource: str, verb: str) -> bool:
+        return any(group in r.get("apiGroups", []) and resource in r.get("resources", [])
+                   and verb in r.get("verbs", []) for r in rules)
+    for group, resource in [("networking.k8s.io", "networkpolicies"), ("", "pods"),
+                            ("", "namespaces")]:
+        for verb in ("list", "watch"):
+            assert allowed(group, resource, verb), f"ClusterRole lacks {verb} {group}/{resource}"
 
 
 def render_fails(values: dict, *expected: str) -> None:
@@ -442,6 +517,24 @@ def bad_combinations() -> None:
     render_fails(with_({"services.enabled": True, "services.k8sServiceHost": "10.0.0.1",
                         "services.k8sServicePort": 0}),
                  "services.k8sServicePort 0: use the API server's port")
+    render_fails(with_({"services.enabled": True, "services.nodeport.enabled": True}),
+                 "services.nodeport.links is required")
+    render_fails(with_({"services.enabled": True, "services.nodeport.enabled": True,
+                        "services.nodeport.links": ["eth0", "bad/name"],
+                        "services.nodeport.addresses": ["10.0.0.256"]}),
+                 "2 problem(s)", 'services.nodeport.links: "bad/name" is not an interface name',
+                 'services.nodeport.addresses: "10.0.0.256" is not an IPv4 address')
+    # NetworkPolicy: the chart owns the section; each bad value is named with its fix.
+    render_fails(with_({"config.policy": {"enabled": True}}),
+                 "config.policy is set by the chart", "use policy.enabled")
+    render_fails(with_({"extraEnv": [{"name": "ENI_MANAGER__POLICY__SOURCE", "value": "files"}]}),
+                 "extraEnv ENI_MANAGER__POLICY__SOURCE: the policy section is set by the chart")
+    render_fails(with_({"policy.enabled": True, "policy.source": "etcd"}),
+                 'policy.source "etcd": use kubernetes', "or files")
+    render_fails(with_({"policy.enabled": True, "policy.source": "files"}),
+                 "policy.configMap is required when policy.source is files")
+    render_fails(with_({"policy.enabled": True, "policy.configMap": "pol"}),
+                 'policy.configMap "pol" is only read with policy.source files')
     # Several at once, each named (like the other problems).
     render_fails(with_({"services.enabled": True, "services.source": "files",
                         "services.cgroupRoot": "", "bpf.pinDir": "/tmp/pins"}),
@@ -691,6 +784,7 @@ def main() -> int:
         check(f"rendered objects with {f.name}", lambda f=f: semantics(f))
     check("render without required values fails naming each", required_values)
     check("render with values that cannot work fails naming the problem", bad_combinations)
+    check("the ClusterRole lets the policy source list and watch", policy_rbac)
     check("scripts parse (sh -n)", scripts_parse)
     check("install-cni installs the binary atomically", install_cni_script)
     check("mount-bpffs mounts a bpffs only where there is none", mount_bpffs_script)

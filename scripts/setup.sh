@@ -7,6 +7,7 @@ APT_PACKAGES=(
   iproute2        # ip: network namespaces, veth, bridges (hypervisor and datapath tests)
   iputils-ping    # ping across test namespaces
   procps          # sysctl, ps
+  tcpdump         # on-the-wire address checks in bpf/tests/masq_root.rs
   python3-pip     # for moto_server
   python3-yaml    # deploy/bootstrap/test.sh parses the YAML it writes
   ca-certificates

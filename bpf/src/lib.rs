@@ -10,6 +10,8 @@
 //! - [`NodePortLb`]: the per-packet path (`src/bpf/nodeport.bpf.c`, tc on the node's links)
 //!   for NodePort, externalIPs and LoadBalancer IPs reached from outside the node.
 //!
+//! - [`masq`]: masquerade (SNAT) of pod traffic leaving the node (`src/bpf/masq.bpf.c`, tc on
+//!   the node's uplinks), ip-masq-agent semantics: [`Masquerade`] holds the pinned maps.
 //! - [`policy`]: NetworkPolicy and anti-spoofing at tc on pod links (`src/bpf/policy.bpf.c`):
 //!   [`PolicyDatapath`] holds the pinned maps, [`policy::attach`] puts the programs on a link.
 //!
@@ -21,6 +23,7 @@ mod error;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
 pub mod maps;
+pub mod masq;
 mod nodeport;
 pub mod policy;
 pub mod service;
@@ -28,6 +31,10 @@ mod socket_lb;
 mod sockterm;
 
 pub use error::BpfError;
+pub use masq::{
+    default_nonmasq_cidrs, nonmasq_list, unpin_masq, CidrChanges, MasqCounters, MasqLink,
+    Masquerade,
+};
 pub use nodeport::{
     unpin_nodeport, ExternalFrontends, NodeLink, NodePortLb, TrafficPolicy, NODEPORT_PROGRAMS,
     TC_HANDLE, TC_PRIORITY,

@@ -345,6 +345,11 @@ pub fn expected_sizes(map: &str) -> Option<(u32, u32)> {
         NP_LINKS_MAP => s(size_of::<NpLinkKey>(), size_of::<NpLinkVal>()),
         NP_CT_MAP => s(size_of::<CtKey>(), size_of::<CtVal>()),
         NP_AFFINITY_MAP => s(size_of::<NpAffKey>(), size_of::<AffVal>()),
+        MASQ_LINKS_MAP => s(size_of::<MasqLinkKey>(), size_of::<MasqLinkVal>()),
+        // LPM trie keys: a u32 prefix length, then the address.
+        MASQ_NONMASQ_MAP => s(8, size_of::<u32>()),
+        MASQ_CT_MAP => s(size_of::<CtKey>(), size_of::<MasqCtVal>()),
+        MASQ_STATS_MAP => s(size_of::<u32>(), size_of::<u64>()),
         _ => None,
     }
 }
@@ -587,5 +592,110 @@ mod policy_layout_tests {
         assert_eq!(size_of::<PolCtKey>(), 16);
         assert_eq!((size_of::<PolCtVal>(), align_of::<PolCtVal>()), (16, 8));
         assert_eq!(size_of::<PolStats>(), 48);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Masquerade maps: byte for byte the structs of `src/bpf/masq.bpf.c`. Addresses, ports and
+// ICMP echo identifiers in network byte order.
+
+/// Pinned name of the masquerade uplinks map: [`MasqLinkKey`] -> [`MasqLinkVal`].
+pub const MASQ_LINKS_MAP: &str = "masq4_links";
+/// Pinned name of the non-masquerade LPM trie: `Key<u32>` (address, [`ip_to_map`]) -> `u32`
+/// (1). A destination it matches is never masqueraded.
+pub const MASQ_NONMASQ_MAP: &str = "masq4_nonmasq";
+/// Pinned name of the masquerade connection-tracking LRU map: [`CtKey`] -> [`MasqCtVal`].
+pub const MASQ_CT_MAP: &str = "masq4_ct";
+/// Pinned name of the masquerade counters (per-CPU array of `u64`, `MASQ_STAT_*` indices).
+pub const MASQ_STATS_MAP: &str = "masq4_stats";
+/// Every map of the masquerade object, in a fixed order.
+pub const MASQ_ALL_MAPS: [&str; 4] = [
+    MASQ_LINKS_MAP,
+    MASQ_NONMASQ_MAP,
+    MASQ_CT_MAP,
+    MASQ_STATS_MAP,
+];
+
+/// `MasqCtVal::flags`: the pod's tuple -> the translated source.
+pub const MASQ_F_FORWARD: u8 = 1;
+/// `MasqCtVal::flags`: the reply's tuple -> the pod.
+pub const MASQ_F_REPLY: u8 = 2;
+/// `MasqCtVal::flags`: a flow opened from outside straight to a pod address (replies keep
+/// the pod's source).
+pub const MASQ_F_INBOUND: u8 = 4;
+/// Lowest port (or ICMP echo identifier) pods are masqueraded to. The range is above Linux's
+/// default ephemeral range (`ip_local_port_range` 32768-60999) so node sockets never collide
+/// with it; it is the NodePort SNAT range too, whose flows go to in-cluster backends (never
+/// masqueraded), so the two cannot meet on one remote endpoint.
+pub const MASQ_PORT_MIN: u16 = 61000;
+/// Highest masquerade port.
+pub const MASQ_PORT_MAX: u16 = 65535;
+/// Number of `masq4_stats` counters.
+pub const MASQ_STAT_COUNT: u32 = 8;
+
+/// Key of `masq4_links`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MasqLinkKey {
+    /// Interface index, in the network namespace the programs are attached in.
+    pub ifindex: u32,
+}
+
+/// Value of `masq4_links`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MasqLinkVal {
+    /// The link's primary address, pods' traffic is masqueraded to; network byte order.
+    pub addr: u32,
+    /// Reserved, zero.
+    pub flags: u32,
+}
+
+/// Value of `masq4_ct` (keys are [`CtKey`]: the packet's tuple as it is seen).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MasqCtVal {
+    /// Forward entries: the new source address; reply entries: the pod's address.
+    pub addr: u32,
+    /// Forward entries: the new source port; reply entries: the pod's port.
+    pub port: u16,
+    /// [`MASQ_F_FORWARD`], [`MASQ_F_REPLY`] or [`MASQ_F_INBOUND`].
+    pub flags: u8,
+    /// Always zero.
+    pub pad: u8,
+    /// `bpf_ktime_get_ns()` of the last packet (updated at most once a second).
+    pub last_seen_ns: u64,
+}
+
+// SAFETY: as for the types above: `#[repr(C)]`, integers only, explicit padding.
+#[expect(
+    unsafe_code,
+    reason = "aya::Pod marks plain-old-data map keys and values"
+)]
+unsafe impl aya::Pod for MasqLinkKey {}
+#[expect(
+    unsafe_code,
+    reason = "aya::Pod marks plain-old-data map keys and values"
+)]
+unsafe impl aya::Pod for MasqLinkVal {}
+#[expect(
+    unsafe_code,
+    reason = "aya::Pod marks plain-old-data map keys and values"
+)]
+unsafe impl aya::Pod for MasqCtVal {}
+
+#[cfg(test)]
+mod masq_tests {
+    use super::*;
+    use std::mem::{align_of, size_of};
+
+    #[test]
+    fn masq_layouts_match_the_c_structs() {
+        assert_eq!(size_of::<MasqLinkKey>(), 4);
+        assert_eq!(size_of::<MasqLinkVal>(), 8);
+        assert_eq!((size_of::<MasqCtVal>(), align_of::<MasqCtVal>()), (16, 8));
+        for m in MASQ_ALL_MAPS {
+            assert!(expected_sizes(m).is_some(), "{m}");
+        }
     }
 }

@@ -109,11 +109,14 @@ pub struct NodePortLb {
     ct: HashMap<MapData, CtKey, CtVal>,
 }
 
-fn map_err(map: &'static str, op: &'static str) -> impl Fn(MapError) -> BpfError {
+pub(crate) fn map_err(map: &'static str, op: &'static str) -> impl Fn(MapError) -> BpfError {
     move |e| BpfError::map(map, op, e)
 }
 
-fn prog_err(program: &'static str, op: &'static str) -> impl Fn(ProgramError) -> BpfError {
+pub(crate) fn prog_err(
+    program: &'static str,
+    op: &'static str,
+) -> impl Fn(ProgramError) -> BpfError {
     move |e| BpfError::Program {
         program,
         op,
@@ -121,7 +124,7 @@ fn prog_err(program: &'static str, op: &'static str) -> impl Fn(ProgramError) ->
     }
 }
 
-fn tc_err<'a>(link: &'a str, op: &'static str) -> impl Fn(TcError) -> BpfError + 'a {
+pub(crate) fn tc_err<'a>(link: &'a str, op: &'static str) -> impl Fn(TcError) -> BpfError + 'a {
     move |e| BpfError::Tc {
         link: link.to_owned(),
         op,
@@ -129,7 +132,7 @@ fn tc_err<'a>(link: &'a str, op: &'static str) -> impl Fn(TcError) -> BpfError +
     }
 }
 
-fn take_hash<K: aya::Pod, V: aya::Pod>(
+pub(crate) fn take_hash<K: aya::Pod, V: aya::Pod>(
     bpf: &mut Ebpf,
     name: &'static str,
 ) -> Result<HashMap<MapData, K, V>, BpfError> {
@@ -139,7 +142,7 @@ fn take_hash<K: aya::Pod, V: aya::Pod>(
     HashMap::try_from(map).map_err(map_err(name, "open"))
 }
 
-fn absent_is_none<V>(r: Result<V, MapError>) -> Result<Option<V>, MapError> {
+pub(crate) fn absent_is_none<V>(r: Result<V, MapError>) -> Result<Option<V>, MapError> {
     match r {
         Ok(v) => Ok(Some(v)),
         Err(MapError::KeyNotFound) => Ok(None),
@@ -151,7 +154,7 @@ fn absent_is_none<V>(r: Result<V, MapError>) -> Result<Option<V>, MapError> {
     }
 }
 
-fn is_eexist(e: &ProgramError) -> bool {
+pub(crate) fn is_eexist(e: &ProgramError) -> bool {
     match e {
         ProgramError::TcError(TcError::NetlinkError(n)) | ProgramError::NetlinkError(n) => {
             n.raw_os_error() == Some(libc::EEXIST)
@@ -162,7 +165,7 @@ fn is_eexist(e: &ProgramError) -> bool {
 
 /// Runs `f` on a short-lived thread inside the network namespace at `netns` (e.g.
 /// `/run/netns/NAME`, `/proc/PID/ns/net`), so no caller thread ever changes namespace.
-fn in_netns<T: Send>(
+pub(crate) fn in_netns<T: Send>(
     netns: &Path,
     f: impl FnOnce() -> Result<T, BpfError> + Send,
 ) -> Result<T, BpfError> {
@@ -184,7 +187,7 @@ fn in_netns<T: Send>(
     })
 }
 
-fn ifindex(netns: &Path, link: &str) -> Result<u32, BpfError> {
+pub(crate) fn ifindex(netns: &Path, link: &str) -> Result<u32, BpfError> {
     nix::net::if_::if_nametoindex(link).map_err(|e| {
         BpfError::io(
             "find link (name it as `ip link` shows it in that namespace)",
@@ -488,7 +491,7 @@ impl ExternalFrontends for std::collections::BTreeMap<ServiceKey, TrafficPolicy>
     }
 }
 
-fn classifier<'a>(
+pub(crate) fn classifier<'a>(
     bpf: &'a mut Ebpf,
     name: &'static str,
 ) -> Result<&'a mut SchedClassifier, BpfError> {

@@ -395,6 +395,18 @@ pub(crate) fn used_ids<R: RawTables + ?Sized>(raw: &R) -> Result<BTreeSet<u32>, 
     Ok(raw.all_services()?.into_iter().map(|(_, v)| v.id).collect())
 }
 
+/// A service id not in `ids`: one past the highest in use (O(log n), so installing many
+/// services is not quadratic), or, once the top of the range is taken, the lowest gap.
+fn free_id(ids: &BTreeSet<u32>) -> Result<u32, BpfError> {
+    match ids.last() {
+        None => Ok(1),
+        Some(&last) if last < u32::MAX => Ok(last + 1),
+        Some(_) => (1..=u32::MAX)
+            .find(|i| !ids.contains(i))
+            .ok_or(BpfError::IdsExhausted),
+    }
+}
+
 /// Upsert through any [`RawTables`]: read, plan, apply in order.
 pub(crate) fn upsert<R: RawTables + ?Sized>(
     raw: &mut R,
@@ -410,9 +422,7 @@ pub(crate) fn upsert<R: RawTables + ?Sized>(
     let created = old.is_none();
     let id = match &old {
         Some((v, _)) => v.id,
-        None => (1..=u32::MAX)
-            .find(|i| !ids.contains(i))
-            .ok_or(BpfError::IdsExhausted)?,
+        None => free_id(ids)?,
     };
     let (ops, removed_backends) = plan_upsert(key, id, old, spec)?;
     for op in &ops {
@@ -586,6 +596,14 @@ mod tests {
         assert_eq!(m.backend_slots(), 0);
         assert!(m.list().unwrap().is_empty());
         assert_eq!(m.upsert_service(key(), &spec(&[2], &[])).unwrap().id, id);
+    }
+
+    #[test]
+    fn new_ids_go_past_the_highest_then_fill_gaps_at_the_top() {
+        assert_eq!(free_id(&BTreeSet::new()).unwrap(), 1);
+        assert_eq!(free_id(&[1, 2, 7].into_iter().collect()).unwrap(), 8);
+        let full_top: BTreeSet<u32> = [1, 2, 4, u32::MAX].into_iter().collect();
+        assert_eq!(free_id(&full_top).unwrap(), 3);
     }
 
     #[test]

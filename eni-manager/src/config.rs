@@ -330,7 +330,8 @@ pub struct ServicesConfig {
     /// This node's Kubernetes name (the DaemonSet sets it from `spec.nodeName`, for example
     /// `ENI_MANAGER__SERVICES__NODE_NAME`). With it, `internalTrafficPolicy: Local` services
     /// use only this node's endpoints; without it they are treated as `Cluster`.
-    #[serde(default)]
+    /// A value that reads as a number (a node named `12345`) is taken as the name.
+    #[serde(default, deserialize_with = "name_like")]
     pub node_name: Option<String>,
     /// The directory of Service and EndpointSlice YAML files (source `files`).
     #[serde(default = "default_services_dir")]
@@ -341,6 +342,44 @@ pub struct ServicesConfig {
     /// The cgroup v2 directory the socket hooks attach to (the node's root cgroup).
     #[serde(default = "default_services_cgroup")]
     pub cgroup: PathBuf,
+    /// Per-packet load balancing on the node's links: NodePorts, externalIPs and
+    /// LoadBalancer ingress IPs reached from outside the node.
+    #[serde(default)]
+    pub nodeport: NodePortConfig,
+}
+
+/// `services.nodeport`: the tc datapath on the node's links (see `docs/services.md`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodePortConfig {
+    /// Off by default; needs `services.enabled`.
+    #[serde(default)]
+    pub enabled: bool,
+    /// The links (interface names in the manager's network namespace, e.g. `eth0` and the
+    /// secondary ENIs) whose traffic from outside is load balanced. Replies of flows to
+    /// local backends must leave through one of them too.
+    #[serde(default)]
+    pub links: Vec<String>,
+    /// The node addresses NodePorts answer on (IPv4). Empty (default): the IPv4 addresses
+    /// the `links` hold when the manager starts.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+}
+
+/// An optional name that may arrive typed: environment overrides are read as YAML scalars,
+/// so `ENI_MANAGER__SERVICES__NODE_NAME=12345` is a number and `=true` a boolean. Both are
+/// valid node names and are kept as written.
+fn name_like<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    use serde::de::Error;
+    match Value::deserialize(d)? {
+        Value::Null => Ok(None),
+        Value::String(s) => Ok(Some(s)),
+        Value::Bool(b) => Ok(Some(b.to_string())),
+        Value::Number(n) => Ok(Some(n.to_string())),
+        other => Err(D::Error::custom(format!(
+            "expected a node name, got {other:?}"
+        ))),
+    }
 }
 
 fn default_services_dir() -> PathBuf {
@@ -363,6 +402,7 @@ impl Default for ServicesConfig {
             dir: default_services_dir(),
             bpf_pin_dir: default_bpf_pin_dir(),
             cgroup: default_services_cgroup(),
+            nodeport: NodePortConfig::default(),
         }
     }
 }
@@ -374,6 +414,9 @@ pub enum PolicySourceKind {
     /// A directory of Kubernetes-format YAML files (`policy.dir`).
     #[default]
     Files,
+    /// NetworkPolicies, Pods and Namespaces watched on the API server (the in-cluster
+    /// service account, or `policy.kubeconfig`).
+    Kubernetes,
 }
 
 /// eBPF NetworkPolicy on pod links. See `docs/network-policy.md`.
@@ -385,12 +428,16 @@ pub struct PolicyConfig {
     /// ADD returns.
     #[serde(default)]
     pub enabled: bool,
-    /// `files` (the only source so far).
+    /// `files` (a directory of YAML files) or `kubernetes` (watches on the API server).
     #[serde(default)]
     pub source: PolicySourceKind,
     /// The directory of NetworkPolicy, Pod and Namespace YAML files (source `files`).
     #[serde(default = "default_policy_dir")]
     pub dir: PathBuf,
+    /// Source `kubernetes`: the kubeconfig file to use (its current context), an absolute
+    /// path. Unset: the in-cluster service account. Same meaning as `services.kubeconfig`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeconfig: Option<PathBuf>,
     /// Where the policy maps and link pins live; must be on a bpf filesystem. Unset: the
     /// same directory as `services.bpf_pin_dir` (see [`Config::policy_pin_dir`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -407,9 +454,168 @@ impl Default for PolicyConfig {
             enabled: false,
             source: PolicySourceKind::Files,
             dir: default_policy_dir(),
+            kubeconfig: None,
             bpf_pin_dir: None,
         }
     }
+}
+
+/// `masquerade`: eBPF source NAT of pod traffic leaving the node, with ip-masq-agent
+/// semantics. See `docs/network-policy.md` (Masquerade).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MasqueradeConfig {
+    /// Off by default.
+    #[serde(default)]
+    pub enabled: bool,
+    /// The uplinks (interface names in the manager's network namespace, e.g. `eth0` and the
+    /// secondary ENIs' links): pod traffic leaving through one of them is masqueraded to
+    /// that link's primary (first) IPv4 address.
+    #[serde(default)]
+    pub links: Vec<String>,
+    /// ip-masq-agent's `nonMasqueradeCIDRs`: destinations never masqueraded. Default: its
+    /// documented list (RFC 1918, 100.64.0.0/10 and the reserved/documentation ranges).
+    #[serde(default = "default_non_masquerade_cidrs")]
+    pub non_masquerade_cidrs: Vec<String>,
+    /// ip-masq-agent's `masqLinkLocal`: masquerade traffic to 169.254.0.0/16 too. Off:
+    /// 169.254.0.0/16 is added to the non-masquerade list.
+    #[serde(default)]
+    pub masq_link_local: bool,
+    /// The VPC's CIDR blocks, always added to the non-masquerade list so traffic inside the
+    /// VPC keeps the pod's address. Required when enabled.
+    #[serde(default)]
+    pub vpc_cidrs: Vec<String>,
+    /// An ip-masq-agent configuration file (`nonMasqueradeCIDRs`, `masqLinkLocal`, e.g. a
+    /// mounted ConfigMap), re-read every `resync_interval_s`; its fields replace the two
+    /// above. Absent file: the two above apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_file: Option<PathBuf>,
+    /// Seconds between re-reads of `config_file` (ip-masq-agent's `resyncInterval`).
+    #[serde(default = "default_masq_resync")]
+    pub resync_interval_s: u64,
+    /// Where the maps are pinned; must be on a bpf filesystem. Unset: the same directory as
+    /// `services.bpf_pin_dir` (see [`Config::masquerade_pin_dir`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bpf_pin_dir: Option<PathBuf>,
+}
+
+fn default_non_masquerade_cidrs() -> Vec<String> {
+    eni_bpf::masq::IP_MASQ_AGENT_DEFAULT_CIDRS
+        .iter()
+        .map(|c| (*c).to_owned())
+        .collect()
+}
+fn default_masq_resync() -> u64 {
+    60
+}
+
+impl Default for MasqueradeConfig {
+    fn default() -> Self {
+        MasqueradeConfig {
+            enabled: false,
+            links: Vec::new(),
+            non_masquerade_cidrs: default_non_masquerade_cidrs(),
+            masq_link_local: false,
+            vpc_cidrs: Vec::new(),
+            config_file: None,
+            resync_interval_s: default_masq_resync(),
+            bpf_pin_dir: None,
+        }
+    }
+}
+
+impl MasqueradeConfig {
+    /// The configuration problems of this section (none when it is off).
+    fn problems(&self, pin_dir: &Path) -> Vec<String> {
+        let mut p = Vec::new();
+        if !self.enabled {
+            return p;
+        }
+        if self.links.is_empty() {
+            p.push(
+                "masquerade.links: empty; list the node's uplinks pod traffic leaves through \
+                 (for example [eth0])"
+                    .into(),
+            );
+        }
+        for (i, link) in self.links.iter().enumerate() {
+            if eni_kernel::link::validate_link_name(link).is_err() {
+                p.push(format!(
+                    "masquerade.links[{i}]: {link:?} is not an interface name (1-15 bytes, no \
+                     '/', ':' or spaces); use the name `ip link` shows"
+                ));
+            } else if self.links[..i].contains(link) {
+                p.push(format!(
+                    "masquerade.links[{i}]: {link:?} is listed twice; remove one"
+                ));
+            }
+        }
+        if self.vpc_cidrs.is_empty() {
+            p.push(
+                "masquerade.vpc_cidrs: empty; give the VPC's IPv4 CIDR blocks (the metadata \
+                 service's vpc-cidr-block, or vpc-ipv4-cidr-blocks on AWS) so traffic inside \
+                 the VPC is never masqueraded"
+                    .into(),
+            );
+        }
+        for (field, list) in [
+            (
+                "masquerade.non_masquerade_cidrs",
+                &self.non_masquerade_cidrs,
+            ),
+            ("masquerade.vpc_cidrs", &self.vpc_cidrs),
+        ] {
+            for (i, c) in list.iter().enumerate() {
+                if c.parse::<ipnet::Ipv4Net>().is_err() {
+                    p.push(format!(
+                        "{field}[{i}]: {c:?} is not an IPv4 CIDR; write it as a.b.c.d/n \
+                         (for example 10.0.0.0/8)"
+                    ));
+                }
+            }
+        }
+        let total = self.non_masquerade_cidrs.len() + self.vpc_cidrs.len() + 1;
+        if total > eni_bpf::masq::MAX_NONMASQ_CIDRS {
+            p.push(format!(
+                "masquerade.non_masquerade_cidrs: {} entries with the VPC and link-local ones, \
+                 at most {} fit; merge adjacent ranges",
+                total,
+                eni_bpf::masq::MAX_NONMASQ_CIDRS
+            ));
+        }
+        if let Some(f) = &self.config_file {
+            if !f.is_absolute() {
+                p.push(format!(
+                    "masquerade.config_file: {} must be an absolute path",
+                    f.display()
+                ));
+            }
+        }
+        if self.resync_interval_s == 0 {
+            p.push("masquerade.resync_interval_s: 0; give at least 1 (seconds)".into());
+        }
+        if !pin_dir.is_absolute() {
+            p.push(format!(
+                "masquerade.bpf_pin_dir: {} must be an absolute path",
+                pin_dir.display()
+            ));
+        }
+        p
+    }
+
+    /// `non_masquerade_cidrs` parsed (the invalid ones were reported by validation).
+    pub fn parsed_non_masquerade_cidrs(&self) -> Vec<ipnet::Ipv4Net> {
+        parse_cidrs(&self.non_masquerade_cidrs)
+    }
+
+    /// `vpc_cidrs` parsed (the invalid ones were reported by validation).
+    pub fn parsed_vpc_cidrs(&self) -> Vec<ipnet::Ipv4Net> {
+        parse_cidrs(&self.vpc_cidrs)
+    }
+}
+
+fn parse_cidrs(list: &[String]) -> Vec<ipnet::Ipv4Net> {
+    list.iter().filter_map(|c| c.parse().ok()).collect()
 }
 
 /// The whole configuration.
@@ -433,6 +639,9 @@ pub struct Config {
     /// eBPF NetworkPolicy.
     #[serde(default)]
     pub policy: PolicyConfig,
+    /// eBPF masquerade of pod traffic leaving the node.
+    #[serde(default)]
+    pub masquerade: MasqueradeConfig,
 }
 
 /// Why the configuration was refused: every problem, each naming its field.
@@ -448,7 +657,15 @@ pub struct ConfigError {
 pub const ENV_PREFIX: &str = "ENI_MANAGER__";
 
 const SECTIONS: &[&str] = &[
-    "cloud", "cluster", "network", "pool", "gc", "daemon", "services", "policy",
+    "cloud",
+    "cluster",
+    "network",
+    "pool",
+    "gc",
+    "daemon",
+    "services",
+    "policy",
+    "masquerade",
 ];
 
 fn parse_scalar(s: &str) -> Value {
@@ -586,6 +803,12 @@ impl Config {
         );
         let policy =
             section::<PolicyConfig>(&map, "policy", Some(PolicyConfig::default()), &mut problems);
+        let masquerade = section::<MasqueradeConfig>(
+            &map,
+            "masquerade",
+            Some(MasqueradeConfig::default()),
+            &mut problems,
+        );
         let (
             Some(cloud),
             Some(cluster),
@@ -599,6 +822,9 @@ impl Config {
         else {
             return Err(ConfigError { problems });
         };
+        let Some(masquerade) = masquerade else {
+            return Err(ConfigError { problems });
+        };
         let cfg = Config {
             cloud,
             cluster,
@@ -608,6 +834,7 @@ impl Config {
             daemon,
             services,
             policy,
+            masquerade,
         };
         problems.extend(cfg.problems());
         if problems.is_empty() {
@@ -620,6 +847,14 @@ impl Config {
     /// The policy pin directory: `policy.bpf_pin_dir`, else `services.bpf_pin_dir`.
     pub fn policy_pin_dir(&self) -> PathBuf {
         self.policy
+            .bpf_pin_dir
+            .clone()
+            .unwrap_or_else(|| self.services.bpf_pin_dir.clone())
+    }
+
+    /// The masquerade pin directory: `masquerade.bpf_pin_dir`, else `services.bpf_pin_dir`.
+    pub fn masquerade_pin_dir(&self) -> PathBuf {
+        self.masquerade
             .bpf_pin_dir
             .clone()
             .unwrap_or_else(|| self.services.bpf_pin_dir.clone())
@@ -767,7 +1002,20 @@ impl Config {
                 }
             }
         }
+        p.extend(self.services.nodeport.problems(self.services.enabled));
+        p.extend(self.masquerade.problems(&self.masquerade_pin_dir()));
         if self.policy.enabled {
+            if let Some(kc) = &self.policy.kubeconfig {
+                if !kc.is_absolute() {
+                    p.push(format!(
+                        "policy.kubeconfig: {} must be an absolute path (or leave it unset for the in-cluster configuration)",
+                        kc.display()
+                    ));
+                }
+                if self.policy.source != PolicySourceKind::Kubernetes {
+                    p.push("policy.kubeconfig: only used with policy.source: kubernetes; remove it or set the source".into());
+                }
+            }
             for (field, path) in [
                 ("policy.dir", &self.policy.dir),
                 ("policy.bpf_pin_dir", &self.policy_pin_dir()),
@@ -781,6 +1029,66 @@ impl Config {
             }
         }
         p
+    }
+}
+
+impl NodePortConfig {
+    /// The configuration problems of this section (none when it is off).
+    fn problems(&self, services_enabled: bool) -> Vec<String> {
+        let mut p = Vec::new();
+        if !self.enabled {
+            return p;
+        }
+        if !services_enabled {
+            p.push(
+                "services.nodeport.enabled: needs services.enabled: true (the NodePort path \
+                 uses the socket load balancer's maps); enable services or turn it off"
+                    .into(),
+            );
+        }
+        if self.links.is_empty() {
+            p.push(
+                "services.nodeport.links: empty; list the node's links NodePorts arrive on \
+                 (for example [eth0])"
+                    .into(),
+            );
+        }
+        for (i, link) in self.links.iter().enumerate() {
+            if eni_kernel::link::validate_link_name(link).is_err() {
+                p.push(format!(
+                    "services.nodeport.links[{i}]: {link:?} is not an interface name (1-15 \
+                     bytes, no '/', ':' or spaces); use the name `ip link` shows"
+                ));
+            } else if self.links[..i].contains(link) {
+                p.push(format!(
+                    "services.nodeport.links[{i}]: {link:?} is listed twice; remove one"
+                ));
+            }
+        }
+        for (i, a) in self.addresses.iter().enumerate() {
+            match a.parse::<std::net::Ipv4Addr>() {
+                Ok(ip) if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() => {
+                    p.push(format!(
+                        "services.nodeport.addresses[{i}]: {a} is not a unicast address; \
+                         give one of the node's IPv4 addresses"
+                    ))
+                }
+                Ok(_) => {}
+                Err(_) => p.push(format!(
+                    "services.nodeport.addresses[{i}]: {a:?} is not an IPv4 address; give one \
+                     of the node's IPv4 addresses (or leave the list empty for the links' own)"
+                )),
+            }
+        }
+        p
+    }
+
+    /// The configured addresses, parsed (the invalid ones were reported by validation).
+    pub fn parsed_addresses(&self) -> Vec<std::net::Ipv4Addr> {
+        self.addresses
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect()
     }
 }
 
@@ -921,13 +1229,39 @@ pool: { min_idle: "many" }
         assert_eq!(err.problems.len(), 2, "{err}");
         assert!(err.problems[0].starts_with("policy.dir: rel must be an absolute path"));
         assert!(err.problems[1].starts_with("policy.bpf_pin_dir: pins must be an absolute path"));
+        let err = load(&format!("{MINIMAL}policy: {{ source: etcd }}\n"), &[], &[]).unwrap_err();
+        assert!(err.problems[0].starts_with("policy:"), "{err}");
+    }
+
+    #[test]
+    fn policy_kubernetes_source_and_its_kubeconfig() {
+        let c = load(
+            &format!("{MINIMAL}policy: {{ enabled: true, source: kubernetes }}\n"),
+            &[],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.policy.source, PolicySourceKind::Kubernetes);
+        assert_eq!(c.policy.kubeconfig, None);
+        let c = load(
+            &format!(
+                "{MINIMAL}policy: {{ enabled: true, source: kubernetes, kubeconfig: /etc/kc }}\n"
+            ),
+            &[],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.policy.kubeconfig, Some(PathBuf::from("/etc/kc")));
         let err = load(
-            &format!("{MINIMAL}policy: {{ source: kubernetes }}\n"),
+            &format!("{MINIMAL}policy: {{ enabled: true, kubeconfig: kc }}\n"),
             &[],
             &[],
         )
         .unwrap_err();
-        assert!(err.problems[0].starts_with("policy:"), "{err}");
+        assert_eq!(err.problems.len(), 2, "{err}");
+        assert!(err.problems[0].starts_with("policy.kubeconfig: kc must be an absolute path"));
+        assert!(err.problems[1]
+            .starts_with("policy.kubeconfig: only used with policy.source: kubernetes"));
     }
 
     #[test]
@@ -976,6 +1310,79 @@ pool: { min_idle: "many" }
     }
 
     #[test]
+    fn services_nodeport_default_off_and_every_problem_named() {
+        let c = load(MINIMAL, &[], &[]).unwrap();
+        assert_eq!(c.services.nodeport, NodePortConfig::default());
+        let c = load(
+            &format!(
+                "{MINIMAL}services: {{ enabled: true, nodeport: {{ enabled: true, links: [eth0, eth1], addresses: [192.168.1.10] }} }}\n"
+            ),
+            &[],
+            &[],
+        )
+        .unwrap();
+        assert!(c.services.nodeport.enabled);
+        assert_eq!(c.services.nodeport.links, ["eth0", "eth1"]);
+        assert_eq!(
+            c.services.nodeport.parsed_addresses(),
+            [std::net::Ipv4Addr::new(192, 168, 1, 10)]
+        );
+        let err = load(
+            &format!(
+                "{MINIMAL}services: {{ nodeport: {{ enabled: true, links: [eth0, \"a/b\", eth0], addresses: [10.0.0.300, 0.0.0.0, \"::1\"] }} }}\n"
+            ),
+            &[],
+            &[],
+        )
+        .unwrap_err();
+        let all = err.problems.join("\n");
+        for needle in [
+            "services.nodeport.enabled: needs services.enabled: true",
+            "services.nodeport.links[1]: \"a/b\" is not an interface name",
+            "services.nodeport.links[2]: \"eth0\" is listed twice",
+            "services.nodeport.addresses[0]: \"10.0.0.300\" is not an IPv4 address",
+            "services.nodeport.addresses[1]: 0.0.0.0 is not a unicast address",
+            "services.nodeport.addresses[2]: \"::1\" is not an IPv4 address",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        let err = load(
+            &format!("{MINIMAL}services: {{ enabled: true, nodeport: {{ enabled: true }} }}\n"),
+            &[],
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            err.problems[0].starts_with("services.nodeport.links: empty"),
+            "{:?}",
+            err.problems
+        );
+        let err = load(
+            &format!("{MINIMAL}services: {{ nodeport: {{ link: [eth0] }} }}\n"),
+            &[],
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            err.problems[0].starts_with("services:"),
+            "{:?}",
+            err.problems
+        );
+        // Environment overrides reach the sub-section.
+        let c = load(
+            &format!("{MINIMAL}services: {{ enabled: true }}\n"),
+            &[
+                ("ENI_MANAGER__SERVICES__NODEPORT__ENABLED", "true"),
+                ("ENI_MANAGER__SERVICES__NODEPORT__LINKS", "[eth0]"),
+            ],
+            &[],
+        )
+        .unwrap();
+        assert!(c.services.nodeport.enabled);
+        assert_eq!(c.services.nodeport.links, ["eth0"]);
+    }
+
+    #[test]
     fn services_kubernetes_source_fields() {
         // In-cluster: no kubeconfig; the node name from the environment (downward API).
         let c = load(
@@ -993,6 +1400,14 @@ pool: { min_idle: "many" }
             c.services.node_name.as_deref(),
             Some("ip-10-0-1-7.ec2.internal")
         );
+        // A numeric node name survives the environment override's YAML reading.
+        let c = load(
+            &format!("{MINIMAL}services: {{ enabled: true, source: kubernetes }}\n"),
+            &[("ENI_MANAGER__SERVICES__NODE_NAME", "12345")],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.services.node_name.as_deref(), Some("12345"));
         let c = load(
             &format!(
                 "{MINIMAL}services: {{ enabled: true, source: kubernetes, kubeconfig: /etc/eni-manager/kubeconfig }}\n"
@@ -1049,5 +1464,108 @@ pool: { min_idle: "many" }
     fn missing_sections_are_named() {
         let err = load("pool: {}\n", &[], &[]).unwrap_err();
         assert_eq!(err.problems.len(), 3, "{:?}", err.problems);
+    }
+}
+
+#[cfg(test)]
+mod masquerade_tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+cloud: { provider: aliyun, endpoint: "http://127.0.0.1:8640" }
+cluster: { id: prod-1 }
+network: { subnets: { cn-hangzhou-h: [vsw-1] } }
+"#;
+
+    fn load(text: &str, sets: &[&str]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, text).unwrap();
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        Config::load(Some(&path), std::iter::empty(), &sets)
+    }
+
+    #[test]
+    fn off_by_default_with_ip_masq_agent_defaults() {
+        let c = load(MINIMAL, &[]).unwrap();
+        let m = &c.masquerade;
+        assert!(!m.enabled);
+        assert!(!m.masq_link_local);
+        assert_eq!(m.resync_interval_s, 60);
+        assert_eq!(m.non_masquerade_cidrs.len(), 11);
+        assert_eq!(m.non_masquerade_cidrs[0], "10.0.0.0/8");
+        assert!(m.non_masquerade_cidrs.contains(&"240.0.0.0/4".to_owned()));
+        assert_eq!(c.masquerade_pin_dir(), c.services.bpf_pin_dir);
+    }
+
+    #[test]
+    fn enabled_section_parses_and_env_style_sets_apply() {
+        let c = load(
+            &format!(
+                "{MINIMAL}masquerade: {{ enabled: true, links: [eth0, eth1], vpc_cidrs: [172.31.0.0/16], non_masquerade_cidrs: [10.0.0.0/8], bpf_pin_dir: /sys/fs/bpf/m }}\n"
+            ),
+            &["masquerade.masq_link_local=true"],
+        )
+        .unwrap();
+        let m = &c.masquerade;
+        assert!(m.enabled && m.masq_link_local);
+        assert_eq!(m.links, ["eth0", "eth1"]);
+        assert_eq!(m.parsed_vpc_cidrs(), vec!["172.31.0.0/16".parse().unwrap()]);
+        assert_eq!(
+            m.parsed_non_masquerade_cidrs(),
+            vec!["10.0.0.0/8".parse().unwrap()]
+        );
+        assert_eq!(c.masquerade_pin_dir(), PathBuf::from("/sys/fs/bpf/m"));
+    }
+
+    #[test]
+    fn every_problem_names_its_field() {
+        let err = load(
+            &format!(
+                "{MINIMAL}masquerade: {{ enabled: true, links: [eth0, \"a/b\", eth0], non_masquerade_cidrs: [10.0.0.0/33, nope], config_file: rel.yaml, resync_interval_s: 0, bpf_pin_dir: pins }}\n"
+            ),
+            &[],
+        )
+        .unwrap_err();
+        let want = [
+            "masquerade.links[1]: \"a/b\" is not an interface name",
+            "masquerade.links[2]: \"eth0\" is listed twice",
+            "masquerade.vpc_cidrs: empty; give the VPC's IPv4 CIDR blocks",
+            "masquerade.non_masquerade_cidrs[0]: \"10.0.0.0/33\" is not an IPv4 CIDR",
+            "masquerade.non_masquerade_cidrs[1]: \"nope\" is not an IPv4 CIDR",
+            "masquerade.config_file: rel.yaml must be an absolute path",
+            "masquerade.resync_interval_s: 0",
+            "masquerade.bpf_pin_dir: pins must be an absolute path",
+        ];
+        for w in want {
+            assert!(
+                err.problems.iter().any(|p| p.starts_with(w)),
+                "missing {w:?} in {:#?}",
+                err.problems
+            );
+        }
+        assert_eq!(err.problems.len(), want.len(), "{:#?}", err.problems);
+
+        let err = load(
+            &format!("{MINIMAL}masquerade: {{ enabled: true, vpc_cidrs: [10.0.0.0/16] }}\n"),
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            err.problems[0].starts_with("masquerade.links: empty"),
+            "{err}"
+        );
+        let err = load(&format!("{MINIMAL}masquerade: {{ link: [eth0] }}\n"), &[]).unwrap_err();
+        assert!(err.to_string().contains("link"), "{err}");
+    }
+
+    #[test]
+    fn a_disabled_section_is_not_checked() {
+        let c = load(
+            &format!("{MINIMAL}masquerade: {{ enabled: false, vpc_cidrs: [bad] }}\n"),
+            &[],
+        )
+        .unwrap();
+        assert!(!c.masquerade.enabled);
     }
 }

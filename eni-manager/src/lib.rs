@@ -3,10 +3,13 @@
 //! (`node`), answers the CNI over a unix socket (`rpc`) and exports metrics (`metrics`).
 //! `config` reads and checks the configuration; `provider` builds the cloud client;
 //! `services` feeds Service definitions to the eBPF socket load balancer (`eni_bpf`);
-//! `policy` keeps the per-pod NetworkPolicy rules in the eBPF policy maps.
+//! `policy` keeps the per-pod NetworkPolicy rules in the eBPF policy maps; `masquerade`
+//! SNATs pod traffic leaving the node in eBPF (ip-masq-agent semantics).
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod kubewatch;
+pub mod masquerade;
 pub mod metrics;
 pub mod node;
 pub mod policy;

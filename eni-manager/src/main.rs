@@ -221,8 +221,21 @@ async fn run(cfg: Config) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
+    // Masquerade does not depend on the cloud either (the pins keep it working meanwhile).
+    let masquerade = {
+        let (c, pins) = (cfg.masquerade.clone(), cfg.masquerade_pin_dir());
+        tokio::task::spawn_blocking(move || eni_manager::masquerade::start(&c, &pins))
+            .await
+            .context("starting masquerade")??
+    };
     let stats = Arc::new(CallStats::new());
     let metrics = Arc::new(Metrics::new(stats.clone()));
+    for source in services.iter().flat_map(|s| s.metrics_sources()) {
+        metrics.add_source(source);
+    }
+    if let Some(m) = &masquerade {
+        metrics.add_source(m.metrics_source());
+    }
     let provider = eni_manager::provider::build(&cfg.cloud, stats)
         .await
         .context("building the cloud client")?;
@@ -334,6 +347,9 @@ async fn run(cfg: Config) -> anyhow::Result<ExitCode> {
         let policy = eni_manager::policy::start(&cfg.policy, cfg.policy_pin_dir(), pool)
             .await
             .context("starting policy")?;
+        for source in policy.metrics_sources() {
+            metrics.add_source(source);
+        }
         handler = handler.with_policy(policy);
     }
     let handler = Arc::new(handler);
@@ -364,6 +380,10 @@ async fn run(cfg: Config) -> anyhow::Result<ExitCode> {
         }
     }
     metrics.set_ready(false);
+    if let Some(m) = masquerade {
+        // The programs and pins stay: pod traffic keeps being masqueraded while we are down.
+        tokio::task::spawn_blocking(move || m.stop()).await.ok();
+    }
     if let Some(s) = services {
         // The maps and links stay pinned: Service traffic keeps flowing while we are down.
         tokio::task::spawn_blocking(move || s.stop()).await.ok();

@@ -58,6 +58,14 @@ pub struct Metrics {
     ready: AtomicBool,
     /// The cloud clients' counters.
     pub calls: Arc<CallStats>,
+    sources: Mutex<Vec<Arc<dyn MetricsSource>>>,
+}
+
+/// A part of the manager that keeps and renders its own series (the Services sources);
+/// [`Metrics::render`] appends what it renders.
+pub trait MetricsSource: Send + Sync + std::fmt::Debug {
+    /// Its series in the text exposition format, each under its `# HELP`/`# TYPE` lines.
+    fn render(&self) -> String;
 }
 
 /// The label value of a failure reason.
@@ -175,6 +183,14 @@ impl Metrics {
     /// Marks the manager ready (serving the CNI).
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Adds `source`'s series to every [`render`](Self::render).
+    pub fn add_source(&self, source: Arc<dyn MetricsSource>) {
+        self.sources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(source);
     }
 
     /// Whether the manager is ready.
@@ -316,6 +332,14 @@ impl Metrics {
                 "eni_cloud_call_seconds_total{{api=\"{api}\"}} {}",
                 s.latency_total.as_secs_f64()
             );
+        }
+        let sources = self
+            .sources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for s in sources {
+            o.push_str(&s.render());
         }
         o
     }

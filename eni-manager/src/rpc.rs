@@ -55,9 +55,8 @@ impl RpcHandler {
         a
     }
 
-    /// Brings the policy maps in line with the allocations after a change, looking at the
-    /// policy directory first (a file written before the pod's ADD applies to it). A
-    /// failure is logged: a pod without an entry is closed, and the poll loop retries
+    /// Brings the policy maps in line with the allocations after a release or a GC,
+    /// looking at the policy directory first. A failure is logged: the poll loop retries
     /// every second.
     async fn sync_policy(&self, why: &str) {
         if let Some(p) = &self.policy {
@@ -208,8 +207,12 @@ impl eni_rpc::server::Handler for RpcHandler {
                     timeout: (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms.into())),
                 };
                 let g = self.pool.allocate(req).await.map_err(rpc_err)?;
-                self.sync_policy("allocate").await;
                 if let Some(p) = &self.policy {
+                    // Only the new pod's own entry is written before the answer; the
+                    // rules of its peers follow at once on the policy loop.
+                    if let Err(e) = p.admit(&g).await {
+                        tracing::error!(error = %format!("{e:#}"), "policy admit failed");
+                    }
                     if !p.has_entry(g.alloc.ip) {
                         tracing::error!(ip = %g.alloc.ip, container = %g.alloc.key.container_id, "no policy entry could be written for the new pod: it stays closed until one is");
                     }

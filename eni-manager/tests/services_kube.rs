@@ -19,6 +19,7 @@ use eni_bpf::{
     UpsertOutcome,
 };
 use eni_manager::services::desired::DesiredOptions;
+use eni_manager::services::external::NodePortPath;
 use eni_manager::services::kube::{self as ksrc, KubeOptions, KubeSourceError, KubeStats};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -367,6 +368,16 @@ struct Running {
 
 impl Running {
     async fn start(kubeconfig: &Path, maps: &SharedMaps, opts: KubeOptions) -> Running {
+        Running::start_with(kubeconfig, maps, None, opts).await
+    }
+
+    /// As [`Running::start`], with a NodePort path.
+    async fn start_with(
+        kubeconfig: &Path,
+        maps: &SharedMaps,
+        mut nodeport: Option<NodePortPath>,
+        opts: KubeOptions,
+    ) -> Running {
         let client = ksrc::client(Some(kubeconfig)).await.expect("client");
         let stats = Arc::new(KubeStats::default());
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -376,7 +387,7 @@ impl Running {
             let stop = async move {
                 let _ = stop_rx.await;
             };
-            ksrc::run(client, &mut m, &opts, &st, stop, |_| {}).await
+            ksrc::run(client, &mut m, nodeport.as_mut(), &opts, &st, stop, |_| {}).await
         });
         Running {
             stop: Some(stop_tx),
@@ -710,6 +721,121 @@ async fn internal_traffic_policy_local_keeps_this_nodes_endpoints() {
         "Local",
     )
     .await;
+    run.stop().await;
+}
+
+/// The per-packet frontends table, shared between the loop's NodePort path and the test.
+#[derive(Debug, Clone, Default)]
+struct SharedExternal(Arc<Mutex<BTreeMap<ServiceKey, eni_bpf::TrafficPolicy>>>);
+
+impl eni_bpf::ExternalFrontends for SharedExternal {
+    fn external_frontends(&self) -> Result<Vec<(ServiceKey, eni_bpf::TrafficPolicy)>, BpfError> {
+        Ok(self
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, p)| (*k, *p))
+            .collect())
+    }
+    fn set_external(
+        &mut self,
+        key: ServiceKey,
+        policy: eni_bpf::TrafficPolicy,
+    ) -> Result<bool, BpfError> {
+        Ok(self.0.lock().unwrap().insert(key, policy) != Some(policy))
+    }
+    fn remove_external(&mut self, key: ServiceKey) -> Result<bool, BpfError> {
+        Ok(self.0.lock().unwrap().remove(&key).is_some())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodeports_and_load_balancer_ips_follow_the_watch() {
+    use eni_bpf::TrafficPolicy::{Cluster, Local};
+    let dir = tempfile::tempdir().unwrap();
+    let mut api = ApiServer::start().await;
+    let kubeconfig = api.kubeconfig(dir.path());
+    let maps = SharedMaps::default();
+    let ext = SharedExternal::default();
+    let node = Ipv4Addr::new(192, 168, 1, 10);
+    let path = NodePortPath::new(Box::new(ext.clone()), vec![node]);
+    let run = Running::start_with(&kubeconfig, &maps, Some(path), KubeOptions::default()).await;
+    let ports = json!([{"name": "http", "port": 80, "protocol": "TCP", "targetPort": "http",
+                        "nodePort": 30080}]);
+    let mut lb = service(
+        "shop",
+        "web",
+        "10.96.0.10",
+        ports,
+        json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local"}),
+    );
+    lb["status"] = json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.9"}]}});
+    let (_, reply) = api.list(SERVICES).await;
+    reply.send(services_list("5", &[lb.clone()])).unwrap();
+    let (_, reply) = api.list(SLICES).await;
+    reply
+        .send(slices_list(
+            "6",
+            &[slice(
+                "shop",
+                "web-1",
+                "web",
+                web_slice_ports(),
+                json!([ready("10.0.0.1", "node-a")]),
+            )],
+        ))
+        .unwrap();
+    let (_, svc_events) = api.watch(SERVICES).await;
+    let b: &[&str] = &["10.0.0.1:8080"];
+    wait_for(
+        &maps,
+        &expect(&[
+            (key([10, 96, 0, 10], 80, Protocol::Tcp), b),
+            (key([192, 168, 1, 10], 30080, Protocol::Tcp), b),
+            (key([203, 0, 113, 9], 80, Protocol::Tcp), b),
+        ]),
+        "NodePort and LoadBalancer frontends in the socket-LB table",
+    )
+    .await;
+    let external = |want: &[(ServiceKey, eni_bpf::TrafficPolicy)]| {
+        let want: BTreeMap<ServiceKey, eni_bpf::TrafficPolicy> = want.iter().copied().collect();
+        let ext = ext.clone();
+        async move {
+            let start = Instant::now();
+            loop {
+                let have = ext.0.lock().unwrap().clone();
+                if have == want {
+                    return;
+                }
+                assert!(
+                    start.elapsed() < WAIT,
+                    "the per-packet table never reached {want:?}; it holds {have:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    external(&[
+        (key([192, 168, 1, 10], 30080, Protocol::Tcp), Local),
+        (key([203, 0, 113, 9], 80, Protocol::Tcp), Local),
+    ])
+    .await;
+    // The load balancer's address goes from the status, the policy becomes Cluster.
+    lb["status"] = json!({"loadBalancer": {}});
+    lb["spec"]["externalTrafficPolicy"] = json!("Cluster");
+    svc_events.send(event("MODIFIED", lb, "7")).unwrap();
+    external(&[(key([192, 168, 1, 10], 30080, Protocol::Tcp), Cluster)]).await;
+    wait_for(
+        &maps,
+        &expect(&[
+            (key([10, 96, 0, 10], 80, Protocol::Tcp), b),
+            (key([192, 168, 1, 10], 30080, Protocol::Tcp), b),
+        ]),
+        "the LoadBalancer IP removed",
+    )
+    .await;
+    drop(svc_events);
     run.stop().await;
 }
 

@@ -657,6 +657,19 @@ fn flatten(contributions: &[Contribution]) -> Result<Vec<CidrRule>, String> {
 /// [`Compiled::errors`] and closes the pods it would select (all pods of its namespace when
 /// even its `podSelector` is bad).
 pub fn compile(policies: &[NetworkPolicy], pods: &[Pod], namespaces: &[Namespace]) -> Compiled {
+    compile_only(policies, pods, namespaces, &|_| true)
+}
+
+/// [`compile`] for the pods `only` accepts: every pod still counts as a peer (selectors
+/// resolve over all of `pods`), but rules are computed, and returned, only for the
+/// accepted ones. What a caller uses to compile one new pod, or only the pods of its node,
+/// without paying for every other pod's rules.
+pub fn compile_only(
+    policies: &[NetworkPolicy],
+    pods: &[Pod],
+    namespaces: &[Namespace],
+    only: &dyn Fn(&PodRef) -> bool,
+) -> Compiled {
     let world = World::new(pods, namespaces);
     let mut errors = Vec::new();
     let mut valid: Vec<Policy> = Vec::new();
@@ -682,7 +695,7 @@ pub fn compile(policies: &[NetworkPolicy], pods: &[Pod], namespaces: &[Namespace
     }
 
     let mut out = BTreeMap::new();
-    for me in &world.pods {
+    for me in world.pods.iter().filter(|p| only(&p.key)) {
         let ns_of = &me.key.namespace;
         if let Some((_, _, reason)) = broken.iter().find(|(ns, sel, _)| {
             ns == ns_of && sel.as_ref().is_none_or(|s| selector_matches(s, &me.labels))

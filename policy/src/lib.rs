@@ -20,7 +20,9 @@ pub mod types;
 #[cfg(test)]
 mod tests;
 
-pub use compile::{compile, pod_ipv4, selector_matches, Compiled, PodRef, PolicyError};
+pub use compile::{
+    compile, compile_only, pod_ipv4, selector_matches, Compiled, PodRef, PolicyError,
+};
 pub use rules::{
     Allowed, CidrRule, DirectionRules, PodRules, PortRange, Protocol, MAX_PORT_RANGES,
 };

@@ -647,3 +647,28 @@ fn real_manifests_with_extra_fields_parse() {
     assert!(ing(&c, WEB, "10.0.1.3", TCP, 8080));
     assert!(!ing(&c, WEB, "10.0.1.2", TCP, 8080));
 }
+
+#[test]
+fn compile_only_computes_the_chosen_pods_with_every_pod_as_a_peer() {
+    let (pods, nss) = world();
+    let ps = vec![pol(
+        "metadata: { name: p, namespace: a }\n\
+         spec: { podSelector: { matchLabels: { app: web } },\n\
+                 ingress: [ { from: [ { podSelector: { matchLabels: { role: client } } } ] } ] }",
+    )];
+    let all = compile(&ps, &pods, &nss);
+    let one = crate::compile_only(&ps, &pods, &nss, &|k: &PodRef| {
+        k == &PodRef::new("a", "web")
+    });
+    assert_eq!(one.pods.len(), 1, "only a/web: {:?}", one.pods.keys());
+    assert_eq!(
+        one.pods[&PodRef::new("a", "web")],
+        all.pods[&PodRef::new("a", "web")]
+    );
+    assert!(
+        ing(&one, WEB, "10.0.1.3", TCP, 80),
+        "a/client is still a peer"
+    );
+    let none = crate::compile_only(&ps, &pods, &nss, &|_: &PodRef| false);
+    assert!(none.pods.is_empty());
+}

@@ -16,7 +16,11 @@
 //   - externalTrafficPolicy Local: only backends behind this node are picked (never SNAT);
 //     with none the packet is dropped.
 //   Replies of SNATed flows arrive here too and are translated back and redirected.
-// np4_egress: source of replies from backends behind this node -> the frontend.
+// np4_egress: source of replies from backends behind this node -> the frontend. Other
+//   packets continue to the next filter (TC_ACT_UNSPEC): masq.bpf.c's egress program is
+//   attached after this one on a shared link and must see them, but not these replies.
+//
+// Address/port rewriting with checksum fixes comes from nat4.h (shared with masq.bpf.c).
 //
 // State: np4_ct (LRU) holds one forward entry (client -> frontend, how to translate) and
 // one reply entry (backend -> client or node, how to translate back) per flow.
@@ -37,6 +41,7 @@
 #include <bpf/bpf_endian.h>
 
 #include "lb4_tables.h"
+#include "nat4.h"
 
 #define AF_INET 2
 
@@ -61,8 +66,6 @@
 
 #define IP_OFF ETH_HLEN
 #define IP_CSUM_OFF (ETH_HLEN + offsetof(struct iphdr, check))
-#define IP_SRC_OFF (ETH_HLEN + offsetof(struct iphdr, saddr))
-#define IP_DST_OFF (ETH_HLEN + offsetof(struct iphdr, daddr))
 #define IP_TTL_OFF (ETH_HLEN + offsetof(struct iphdr, ttl))
 
 #ifndef offsetof
@@ -196,41 +199,15 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	return 0;
 }
 
-/* Rewrites the addresses and ports of the packet to those of `to`, fixing both checksums. */
+/* Rewrites the addresses and ports of the packet, fixing both checksums (nat4.h). */
 static __always_inline int rewrite(struct __sk_buff *skb, const struct pkt *p, __u32 saddr,
 				   __u32 daddr, __u16 sport, __u16 dport)
 {
-	__u64 l4f = p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
-	if (saddr != p->saddr) {
-		if (bpf_l4_csum_replace(skb, p->l4_csum_off, p->saddr, saddr,
-					l4f | BPF_F_PSEUDO_HDR | sizeof(saddr)))
-			return -1;
-		if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, p->saddr, saddr, sizeof(saddr)))
-			return -1;
-		if (bpf_skb_store_bytes(skb, IP_SRC_OFF, &saddr, sizeof(saddr), 0))
-			return -1;
-	}
-	if (daddr != p->daddr) {
-		if (bpf_l4_csum_replace(skb, p->l4_csum_off, p->daddr, daddr,
-					l4f | BPF_F_PSEUDO_HDR | sizeof(daddr)))
-			return -1;
-		if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, p->daddr, daddr, sizeof(daddr)))
-			return -1;
-		if (bpf_skb_store_bytes(skb, IP_DST_OFF, &daddr, sizeof(daddr), 0))
-			return -1;
-	}
-	if (sport != p->sport) {
-		if (bpf_l4_csum_replace(skb, p->l4_csum_off, p->sport, sport, l4f | sizeof(sport)))
-			return -1;
-		if (bpf_skb_store_bytes(skb, p->l4_off, &sport, sizeof(sport), 0))
-			return -1;
-	}
-	if (dport != p->dport) {
-		if (bpf_l4_csum_replace(skb, p->l4_csum_off, p->dport, dport, l4f | sizeof(dport)))
-			return -1;
-		if (bpf_skb_store_bytes(skb, p->l4_off + 2, &dport, sizeof(dport), 0))
-			return -1;
-	}
+	if (nat4_set_addr(skb, NAT4_IP_SRC_OFF, p->saddr, saddr, p->l4_csum_off, p->proto) ||
+	    nat4_set_addr(skb, NAT4_IP_DST_OFF, p->daddr, daddr, p->l4_csum_off, p->proto) ||
+	    nat4_set_port(skb, p->l4_off, p->sport, sport, p->l4_csum_off, p->proto) ||
+	    nat4_set_port(skb, p->l4_off + 2, p->dport, dport, p->l4_csum_off, p->proto))
+		return -1;
 	return 0;
 }
 
@@ -536,7 +513,7 @@ int np4_egress(struct __sk_buff *skb)
 {
 	struct pkt p = {};
 	if (parse(skb, &p))
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	struct ct_key k = {
 		.saddr = p.saddr,
 		.daddr = p.daddr,
@@ -545,9 +522,13 @@ int np4_egress(struct __sk_buff *skb)
 		.proto = p.proto,
 	};
 	struct ct_val *ct = bpf_map_lookup_elem(&np4_ct, &k);
-	/* Replies of flows DNATed to a backend behind this node, on their way out. */
+	/*
+	 * Replies of flows DNATed to a backend behind this node, on their way out. Anything
+	 * else continues to the next filter (TC_ACT_UNSPEC; masq.bpf.c's egress program runs
+	 * after this one and must not see these replies, which end the chain here).
+	 */
 	if (!ct || (ct->flags & (CT_F_REPLY | CT_F_SNAT)) != CT_F_REPLY)
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	return apply_ct(skb, &p, ct, 0);
 }
 

@@ -250,3 +250,159 @@ spec:
     assert!(l.pods[&ip(2)].closed.is_some());
     assert_eq!(l.pods[&ip(3)], PodRules::open(ip(3)));
 }
+
+const THREE_PODS: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: { name: allow-client, namespace: prod }
+spec:
+  podSelector: { matchLabels: { app: b } }
+  ingress: [ { from: [ { podSelector: { matchLabels: { role: client } } } ] } ]
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: b, namespace: prod, labels: { app: b } }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: c1, namespace: prod, labels: { role: client } }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: other, namespace: prod }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: c2, namespace: prod, labels: { role: client } }
+"#;
+
+#[test]
+fn admit_compiles_only_the_new_pod_and_the_next_sync_updates_its_peers() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.yaml"), THREE_PODS).unwrap();
+    let maps = FakeMaps::default();
+    let mut s = SyncState::new(Box::new(maps.clone()), dir.path());
+    let before = vec![
+        alloc("prod", "b", 2),
+        alloc("prod", "c1", 3),
+        alloc("prod", "other", 4),
+    ];
+    let r = s.sync(before.clone(), true);
+    assert_eq!((r.compiled, r.written), (3, 3), "{r:?}");
+    // Nothing changed: nothing compiled, nothing written.
+    let r = s.sync(before.clone(), true);
+    assert_eq!((r.compiled, r.written, r.removed), (0, 0, 0), "{r:?}");
+    let b = maps.0.lock().unwrap().pods[&ip(2)].clone();
+    assert!(b.ingress.permits(ip(3), 6, 80));
+    assert!(!b.ingress.permits(ip(5), 6, 80), "c2 has no address yet");
+
+    // c2 is allocated: only its own entry is compiled and written before admit returns.
+    maps.0.lock().unwrap().writes.clear();
+    let r = s.admit(alloc("prod", "c2", 5), true);
+    assert_eq!((r.compiled, r.written, r.removed), (1, 1, 0), "{r:?}");
+    assert!(r.errors.is_empty());
+    assert_eq!(maps.0.lock().unwrap().writes, vec![ip(5)]);
+    assert!(s.has_entry(ip(5)));
+    assert_eq!(maps.0.lock().unwrap().pods[&ip(5)], PodRules::open(ip(5)));
+    // b does not know c2 yet...
+    assert!(!maps.0.lock().unwrap().pods[&ip(2)]
+        .ingress
+        .permits(ip(5), 6, 80));
+
+    // ...until the follow-up full sync (the pool's list now includes c2).
+    let mut after = before;
+    after.push(alloc("prod", "c2", 5));
+    let r = s.sync(after.clone(), true);
+    assert_eq!((r.compiled, r.written, r.removed), (4, 1, 0), "{r:?}");
+    assert_eq!(maps.0.lock().unwrap().writes, vec![ip(5), ip(2)]);
+    assert!(maps.0.lock().unwrap().pods[&ip(2)]
+        .ingress
+        .permits(ip(5), 6, 80));
+    let r = s.sync(after, true);
+    assert_eq!((r.compiled, r.written), (0, 0), "{r:?}");
+}
+
+#[test]
+fn admit_of_a_selected_pod_is_enforced_from_its_own_entry() {
+    // The new pod is the one a policy selects: its entry carries the policy at once.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.yaml"), THREE_PODS).unwrap();
+    let maps = FakeMaps::default();
+    let mut s = SyncState::new(Box::new(maps.clone()), dir.path());
+    s.sync(vec![alloc("prod", "c1", 3)], true);
+    let r = s.admit(alloc("prod", "b", 2), true);
+    assert_eq!((r.compiled, r.written), (1, 1), "{r:?}");
+    let b = maps.0.lock().unwrap().pods[&ip(2)].clone();
+    assert!(b.ingress.is_enforced());
+    assert!(b.ingress.permits(ip(3), 6, 80), "c1 is already allocated");
+    assert!(!b.ingress.permits(ip(4), 6, 80));
+}
+
+#[test]
+fn admit_before_the_source_was_read_closes_the_pod() {
+    let dir = tempfile::tempdir().unwrap();
+    let maps = FakeMaps::default();
+    let mut s = SyncState::new(Box::new(maps.clone()), dir.path().join("absent"));
+    let r = s.admit(alloc("prod", "b", 2), true);
+    assert_eq!((r.compiled, r.written), (0, 1), "{r:?}");
+    let closed = maps.0.lock().unwrap().pods[&ip(2)].closed.clone();
+    assert!(
+        closed
+            .as_deref()
+            .is_some_and(|c| c.contains("has not been read yet")),
+        "{closed:?}"
+    );
+}
+
+#[test]
+fn a_pushed_source_polices_only_allocated_pods_and_closes_those_without_a_pod_object() {
+    let maps = FakeMaps::default();
+    let mut s = SyncState::pushed(Box::new(maps.clone()), "the test source", Scope::Allocated);
+    assert!(!s.has_objects());
+    // Nothing handed over yet: closed, with the reason.
+    s.sync(vec![alloc("prod", "b", 2)], true);
+    let closed = maps.0.lock().unwrap().pods[&ip(2)].closed.clone();
+    assert_eq!(
+        closed.as_deref(),
+        Some("the test source has not been synced yet")
+    );
+
+    // The objects: b, and pods of other nodes (with addresses) that are only peers.
+    let mut o = objects(DENY_B);
+    o.pods.extend(
+        objects(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: { name: remote, namespace: prod }
+status: { podIP: 10.0.1.9 }
+"#,
+        )
+        .pods,
+    );
+    s.set_objects(o.clone());
+    let r = s.sync(vec![alloc("prod", "b", 2), alloc("prod", "new", 3)], true);
+    assert_eq!(r.compiled, 1, "only b is compiled: {r:?}");
+    let l = maps.0.lock().unwrap();
+    assert_eq!(l.pods[&ip(2)].ingress, DirectionRules::Enforced(vec![]));
+    assert!(l.pods[&ip(2)].closed.is_none());
+    assert!(
+        !l.pods.contains_key(&Ipv4Addr::new(10, 0, 1, 9)),
+        "no entry for a pod of another node"
+    );
+    let closed = l.pods[&ip(3)].closed.clone().unwrap_or_default();
+    assert!(
+        closed.contains("prod/new has not been received"),
+        "{closed}"
+    );
+    drop(l);
+
+    // Its Pod object arrives: computed for real (open: nothing selects it).
+    o.pods.extend(
+        objects("apiVersion: v1\nkind: Pod\nmetadata: { name: new, namespace: prod }\n").pods,
+    );
+    s.set_objects(o);
+    let r = s.sync(vec![alloc("prod", "b", 2), alloc("prod", "new", 3)], true);
+    assert_eq!((r.compiled, r.written), (2, 1), "{r:?}");
+    assert_eq!(maps.0.lock().unwrap().pods[&ip(3)], PodRules::open(ip(3)));
+}

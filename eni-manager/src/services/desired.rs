@@ -1,7 +1,7 @@
 //! `desired(services, slices)`: the pure translation from Kubernetes objects to the table
 //! the datapath should hold, one [`ServiceSpec`] per frontend (IP, port, protocol).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
@@ -115,6 +115,20 @@ pub fn desired_with(
     order.sort_by(|a, b| {
         (a.metadata.namespace(), &a.metadata.name).cmp(&(b.metadata.namespace(), &b.metadata.name))
     });
+    // The slices of each service, found once (a scan per service would be quadratic:
+    // 10,000 services took seconds).
+    let mut slices_of: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+    for s in slices
+        .iter()
+        .filter(|s| s.address_type.as_deref().is_none_or(|t| t == "IPv4"))
+    {
+        if let Some(name) = s.service_name() {
+            slices_of
+                .entry((s.metadata.namespace(), name))
+                .or_default()
+                .push(s);
+        }
+    }
     let mut out: BTreeMap<ServiceKey, ServiceSpec> = BTreeMap::new();
     let mut owner: BTreeMap<ServiceKey, String> = BTreeMap::new();
     for svc in order {
@@ -160,12 +174,9 @@ pub fn desired_with(
             }
             _ => None,
         };
-        let my_slices: Vec<&EndpointSlice> = slices
-            .iter()
-            .filter(|s| s.metadata.namespace() == ns)
-            .filter(|s| s.service_name() == Some(svc.metadata.name.as_str()))
-            .filter(|s| s.address_type.as_deref().is_none_or(|t| t == "IPv4"))
-            .collect();
+        let my_slices: &[&EndpointSlice] = slices_of
+            .get(&(ns, svc.metadata.name.as_str()))
+            .map_or(&[], Vec::as_slice);
         for sp in &svc.spec.ports {
             let proto = match protocol(sp.protocol.as_deref()) {
                 Ok(p) => p,
@@ -181,7 +192,7 @@ pub fn desired_with(
             let mut backends = Vec::new();
             let mut local_backends = Vec::new();
             let mut seen = HashSet::new();
-            for slice in &my_slices {
+            for slice in my_slices {
                 let Some(bport) = backend_port(sp, proto, slice) else {
                     continue;
                 };
@@ -262,9 +273,6 @@ pub type ExternalTable = BTreeMap<ServiceKey, eni_bpf::TrafficPolicy>;
 pub struct NodeFrontends {
     /// The node's IPv4 addresses that NodePorts are served on.
     pub addresses: Vec<Ipv4Addr>,
-    /// `status.loadBalancer.ingress[].ip` by `namespace/name`
-    /// ([`super::types::ServiceStatusDoc::load_balancer_ips`]).
-    pub load_balancer_ips: BTreeMap<String, Vec<Ipv4Addr>>,
 }
 
 /// What [`desired_external`] returns.
@@ -280,7 +288,7 @@ pub struct ExternalDesired {
 }
 
 /// The per-packet part of the table for these services: NodePorts on `node.addresses`,
-/// LoadBalancer ingress IPs and externalIPs, with `externalTrafficPolicy` (`Local`: only
+/// LoadBalancer ingress IPs (`status.loadBalancer.ingress[].ip`) and externalIPs, with `externalTrafficPolicy` (`Local`: only
 /// backends behind this node, client address kept; otherwise `Cluster`). Backends are
 /// computed exactly as by [`desired`] (the frontends are presented to it as external IPs,
 /// so `internalTrafficPolicy` never narrows them). `ExternalName` and headless services
@@ -315,7 +323,6 @@ pub fn desired_external(
         if ty == "ExternalName" || matches!(svc.spec.cluster_ip.as_deref(), Some("None")) {
             continue;
         }
-        let id = format!("{}/{}", svc.metadata.namespace(), svc.metadata.name);
         let policy = match svc.spec.external_traffic_policy.as_deref() {
             Some("Local") => eni_bpf::TrafficPolicy::Local,
             _ => eni_bpf::TrafficPolicy::Cluster,
@@ -364,9 +371,7 @@ pub fn desired_external(
             });
         }
         if ty == "LoadBalancer" {
-            if let Some(ips) = node.load_balancer_ips.get(&id) {
-                derive(ips, &|sp: &ServicePort| Some(sp.port));
-            }
+            derive(&svc.load_balancer_ips(), &|sp: &ServicePort| Some(sp.port));
         }
     }
     let extra = desired(&derived, slices);
@@ -405,7 +410,8 @@ pub fn merge_frontends(
 mod external_tests {
     use super::*;
     use crate::services::types::{
-        EndpointConditions, EndpointPort, ObjectMeta, ServiceSpec as Spec,
+        EndpointConditions, EndpointPort, LoadBalancerIngress, LoadBalancerStatus, ObjectMeta,
+        ServiceSpec as Spec, ServiceStatus,
     };
     use eni_bpf::TrafficPolicy;
 
@@ -438,6 +444,16 @@ mod external_tests {
                     },
                 ],
                 ..Default::default()
+            },
+            status: ServiceStatus {
+                load_balancer: Some(LoadBalancerStatus {
+                    ingress: vec![
+                        LoadBalancerIngress {
+                            ip: Some("203.0.113.9".into()),
+                        },
+                        LoadBalancerIngress { ip: None },
+                    ],
+                }),
             },
         }
     }
@@ -485,13 +501,9 @@ mod external_tests {
     }
 
     fn node() -> NodeFrontends {
-        let mut n = NodeFrontends {
+        NodeFrontends {
             addresses: vec![Ipv4Addr::new(172, 16, 0, 5)],
-            ..Default::default()
-        };
-        n.load_balancer_ips
-            .insert("shop/web".into(), vec![Ipv4Addr::new(203, 0, 113, 9)]);
-        n
+        }
     }
 
     #[test]

@@ -19,25 +19,27 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use ::kube::config::{KubeConfigOptions, Kubeconfig};
-use ::kube::runtime::watcher::{self, watcher, Event};
-use ::kube::runtime::WatchStreamExt;
+use ::kube::runtime::watcher::{self, Event};
 use ::kube::{Api, Client};
 use eni_bpf::{DatapathMaps, ServiceKey, ServiceSpec};
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service as ApiService;
 use k8s_openapi::api::discovery::v1::EndpointSlice as ApiEndpointSlice;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-use tracing::{debug, info, info_span, warn};
+use tracing::{info, info_span, warn};
+
+use crate::kubewatch::{watch, Item};
+#[cfg(test)]
+use {super::types::ObjectMeta, crate::kubewatch::reduce};
 
 use super::desired::{desired_with, DesiredOptions};
-use super::reconcile::{reconcile, ApplyReport};
-use super::types::{EndpointSlice, ObjectMeta, Service};
+use super::external::NodePortPath;
+use super::incremental::{ChangeTracker, DesiredCache};
+use super::reconcile::{ApplyReport, Reconciler};
+use super::types::{EndpointSlice, Service};
 
 /// Coalescing window: the first change after a reconcile waits this long for the rest of
 /// its burst.
@@ -47,179 +49,32 @@ pub const RESYNC: Duration = Duration::from_secs(60);
 /// How long to wait before trying again when the maps could not be read.
 pub const RETRY: Duration = Duration::from_secs(1);
 
-/// Why the Kubernetes source could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum KubeSourceError {
-    /// The kubeconfig named by `services.kubeconfig` could not be read or used.
-    #[error("services.kubeconfig {}: cannot use this kubeconfig", path.display())]
-    Kubeconfig {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: ::kube::config::KubeconfigError,
-    },
-    /// No kubeconfig was given and the in-cluster configuration is not there.
-    #[error(
-        "services.source kubernetes: services.kubeconfig is not set and the in-cluster \
-         configuration is not usable (KUBERNETES_SERVICE_HOST/PORT and the service account \
-         token under /var/run/secrets/kubernetes.io/serviceaccount/); run the manager in a \
-         pod with a service account, or set services.kubeconfig"
-    )]
-    InCluster {
-        /// Why.
-        #[source]
-        source: ::kube::config::InClusterError,
-    },
-    /// The client could not be built from the configuration.
-    #[error("building the Kubernetes client")]
-    Client {
-        /// Why.
-        #[source]
-        source: ::kube::Error,
-    },
-    /// A watch stream ended (kube-rs watchers never end; this is a bug).
-    #[error("the {kind} watch stream ended")]
-    WatchEnded {
-        /// `Service` or `EndpointSlice`.
-        kind: &'static str,
-    },
-}
+pub use crate::kubewatch::{Kind, KubeSourceError, Object, ObjectKey};
 
 /// A Kubernetes client from `kubeconfig` (its current context), or from the in-cluster
-/// environment when `None`. Must be called inside the tokio runtime that will drive it.
+/// environment when `None` (errors name `services.kubeconfig`); see
+/// [`crate::kubewatch::client`].
 pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, KubeSourceError> {
-    if rustls::crypto::CryptoProvider::get_default().is_none() {
-        // One process-wide provider; ring is the one the workspace builds. An error means
-        // another thread installed one first, which is as good.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    }
-    let config = match kubeconfig {
-        Some(path) => {
-            let err = |source| KubeSourceError::Kubeconfig {
-                path: path.to_path_buf(),
-                source,
-            };
-            let kc = Kubeconfig::read_from(path).map_err(err)?;
-            ::kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-                .await
-                .map_err(err)?
-        }
-        None => {
-            ::kube::Config::incluster().map_err(|source| KubeSourceError::InCluster { source })?
-        }
-    };
-    Client::try_from(config).map_err(|source| KubeSourceError::Client { source })
-}
-
-/// Namespace and name: an object's identity in the store.
-pub type ObjectKey = (String, String);
-
-/// The stored kinds (our reduced types).
-pub trait Object: DeserializeOwned + PartialEq {
-    /// `Service` or `EndpointSlice`.
-    const KIND: &'static str;
-    /// Name and namespace.
-    fn meta(&self) -> &ObjectMeta;
-    /// Namespace and name.
-    fn key(&self) -> ObjectKey {
-        let m = self.meta();
-        (m.namespace().to_string(), m.name.clone())
-    }
+    crate::kubewatch::client("services", kubeconfig).await
 }
 
 impl Object for Service {
     const KIND: &'static str = "Service";
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
+    fn key(&self) -> ObjectKey {
+        (
+            self.metadata.namespace().to_string(),
+            self.metadata.name.clone(),
+        )
     }
 }
 
 impl Object for EndpointSlice {
     const KIND: &'static str = "EndpointSlice";
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-}
-
-/// The objects of one kind, as the watcher last reported them.
-#[derive(Debug)]
-pub struct Kind<T> {
-    objects: BTreeMap<ObjectKey, T>,
-    /// Objects of a (re-)list in progress; they replace `objects` when it completes.
-    relisting: Option<BTreeMap<ObjectKey, T>>,
-    synced: bool,
-}
-
-impl<T> Default for Kind<T> {
-    fn default() -> Self {
-        Self {
-            objects: BTreeMap::new(),
-            relisting: None,
-            synced: false,
-        }
-    }
-}
-
-impl<T: Object + Clone> Kind<T> {
-    /// Applies one watcher event. `true`: what a reconcile would see changed (an object
-    /// added, changed or removed, or the kind's first list completed).
-    pub fn apply(&mut self, event: Event<T>) -> bool {
-        match event {
-            Event::Init => {
-                debug!(kind = T::KIND, "listing");
-                self.relisting = Some(BTreeMap::new());
-                false
-            }
-            Event::InitApply(o) => {
-                self.relisting.get_or_insert_default().insert(o.key(), o);
-                false
-            }
-            Event::InitDone => {
-                let listed = self.relisting.take().unwrap_or_default();
-                let dropped = self
-                    .objects
-                    .keys()
-                    .filter(|k| !listed.contains_key(*k))
-                    .count();
-                let first = !self.synced;
-                let changed = first || listed != self.objects;
-                info!(
-                    kind = T::KIND,
-                    objects = listed.len(),
-                    dropped,
-                    first,
-                    "list complete"
-                );
-                self.objects = listed;
-                self.synced = true;
-                changed
-            }
-            Event::Apply(o) => {
-                let k = o.key();
-                if self.objects.get(&k) == Some(&o) {
-                    return false;
-                }
-                debug!(kind = T::KIND, namespace = %k.0, name = %k.1, "applied");
-                self.objects.insert(k, o);
-                true
-            }
-            Event::Delete(o) => {
-                let k = o.key();
-                debug!(kind = T::KIND, namespace = %k.0, name = %k.1, "deleted");
-                self.objects.remove(&k).is_some()
-            }
-        }
-    }
-
-    /// Whether a first list has completed.
-    pub fn synced(&self) -> bool {
-        self.synced
-    }
-
-    /// The objects, by namespace and name.
-    pub fn objects(&self) -> &BTreeMap<ObjectKey, T> {
-        &self.objects
+    fn key(&self) -> ObjectKey {
+        (
+            self.metadata.namespace().to_string(),
+            self.metadata.name.clone(),
+        )
     }
 }
 
@@ -240,44 +95,17 @@ impl KubeStore {
 
     /// The desired table. Only meaningful when [`ready`](Self::ready).
     pub fn desired(&self, opts: &DesiredOptions) -> BTreeMap<ServiceKey, ServiceSpec> {
-        let services: Vec<Service> = self.services.objects.values().cloned().collect();
-        let slices: Vec<EndpointSlice> = self.slices.objects.values().cloned().collect();
+        let (services, slices) = self.objects();
         desired_with(&services, &slices, opts)
     }
-}
 
-/// Converts an API object into our reduced type (the field names are the API's).
-fn reduce<K: Serialize, T: DeserializeOwned>(obj: &K) -> Result<T, serde_json::Error> {
-    serde_json::to_value(obj).and_then(serde_json::from_value)
-}
-
-/// A watcher event on API objects -> the same event on our types. An object that does not
-/// convert is logged and dropped (`None`).
-pub fn reduce_event<K, T>(event: Event<K>) -> Option<Event<T>>
-where
-    K: Serialize + ::kube::Resource,
-    T: Object,
-{
-    let conv = |o: K| match reduce::<K, T>(&o) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            warn!(
-                kind = T::KIND,
-                namespace = o.meta().namespace.as_deref().unwrap_or(""),
-                name = o.meta().name.as_deref().unwrap_or(""),
-                error = %e,
-                "object not understood; ignored"
-            );
-            None
-        }
-    };
-    Some(match event {
-        Event::Init => Event::Init,
-        Event::InitDone => Event::InitDone,
-        Event::InitApply(o) => Event::InitApply(conv(o)?),
-        Event::Apply(o) => Event::Apply(conv(o)?),
-        Event::Delete(o) => Event::Delete(conv(o)?),
-    })
+    /// Copies of the Services and EndpointSlices held.
+    pub fn objects(&self) -> (Vec<Service>, Vec<EndpointSlice>) {
+        (
+            self.services.objects.values().cloned().collect(),
+            self.slices.objects.values().cloned().collect(),
+        )
+    }
 }
 
 const KINDS: [&str; 2] = [Service::KIND, EndpointSlice::KIND];
@@ -381,6 +209,12 @@ impl KubeStats {
     }
 }
 
+impl crate::metrics::MetricsSource for KubeStats {
+    fn render(&self) -> String {
+        KubeStats::render(self)
+    }
+}
+
 /// How the loop runs.
 #[derive(Debug, Clone)]
 pub struct KubeOptions {
@@ -410,38 +244,6 @@ async fn sleep_until(at: Option<Instant>) {
         Some(t) => tokio::time::sleep_until(t.into()).await,
         None => std::future::pending().await,
     }
-}
-
-/// One watch stream's item: our event, or the watcher's error.
-type Item<T> = Result<Event<T>, watcher::Error>;
-
-fn watch<K, T>(api: Api<K>) -> impl Stream<Item = Item<T>> + Send
-where
-    K: ::kube::Resource
-        + Serialize
-        + DeserializeOwned
-        + Clone
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-    K::DynamicType: Default,
-    T: Object + Send + 'static,
-{
-    // `resourceVersion=0`: lists are served from the API server's watch cache, like
-    // kube-proxy's informers; every node runs one of these, so quorum reads would weigh on
-    // etcd. No page size: kube-rs drops `resourceVersion=0` from a paged list (the API
-    // server ignores the limit of a cached list anyway).
-    let mut config = watcher::Config::default().any_semantic();
-    config.page_size = None;
-    watcher(api, config)
-        .default_backoff()
-        .filter_map(|r| async move {
-            match r {
-                Ok(ev) => reduce_event::<K, T>(ev).map(Ok),
-                Err(e) => Some(Err(e)),
-            }
-        })
 }
 
 /// Applies one item of kind `idx` to `kind`; `true` when the store changed.
@@ -485,7 +287,8 @@ fn on_item<T: Object + Clone>(
 }
 
 /// Watches Services and EndpointSlices through `client` and keeps `maps` in line with
-/// them until `stop` completes. `on_report` sees every reconcile's report (the daemon
+/// them until `stop` completes; with `nodeport`, NodePorts, externalIPs and LoadBalancer
+/// IPs are added to the table and served per packet (written after each reconcile). `on_report` sees every reconcile's report (the daemon
 /// terminates UDP sockets of removed backends with it).
 ///
 /// Returns `Ok(())` when stopped; an error only if a watch stream ends, which kube-rs
@@ -493,6 +296,7 @@ fn on_item<T: Object + Clone>(
 pub async fn run<M, S, F>(
     client: Client,
     maps: &mut M,
+    mut nodeport: Option<&mut NodePortPath>,
     opts: &KubeOptions,
     stats: &KubeStats,
     stop: S,
@@ -510,6 +314,13 @@ where
     let mut dirty_since: Option<Instant> = None;
     let mut next_resync: Option<Instant> = None;
     let mut was_ready = false;
+    // Change-driven passes diff against what was applied; the periodic resync (no change
+    // pending) reads the maps back to repair drift.
+    let mut reconciler = Reconciler::new();
+    // Without the NodePort path, a change recomputes only the Services it touched (the
+    // NodePort path still recomputes the whole table: its frontends are derived from it).
+    let mut tracker = ChangeTracker::default();
+    let mut cache: Option<DesiredCache> = None;
     loop {
         let deadline = if store.ready() {
             [dirty_since.map(|t| t + opts.debounce), next_resync]
@@ -521,14 +332,63 @@ where
         };
         let changed = tokio::select! {
             () = &mut stop => return Ok(()),
-            item = services.next() => on_item(&mut store.services, 0, item, stats)?,
-            item = slices.next() => on_item(&mut store.slices, 1, item, stats)?,
+            item = services.next() => {
+                if let Some(Ok(ev)) = &item {
+                    tracker.service_event(ev);
+                }
+                on_item(&mut store.services, 0, item, stats)?
+            }
+            item = slices.next() => {
+                if let Some(Ok(ev)) = &item {
+                    let old = match ev {
+                        Event::Apply(s) | Event::Delete(s) => store.slices.objects().get(&s.key()),
+                        _ => None,
+                    };
+                    tracker.slice_event(ev, old);
+                }
+                on_item(&mut store.slices, 1, item, stats)?
+            }
             () = sleep_until(deadline) => {
                 let span = info_span!("reconcile", source = "kubernetes");
                 let _g = span.enter();
-                let want = store.desired(&opts.desired);
-                stats.frontends.store(want.len() as u64, Ordering::Relaxed);
-                match reconcile(maps, &want) {
+                let incremental = nodeport.is_none()
+                    && dirty_since.is_some()
+                    && !tracker.needs_full();
+                let mut external = None;
+                let (result, frontends) = match cache.as_mut().filter(|_| incremental) {
+                    Some(c) => {
+                        let changes =
+                            tracker.update(c, store.services.objects(), store.slices.objects());
+                        (reconciler.reconcile_changes(maps, &changes), c.len())
+                    }
+                    None => {
+                        if dirty_since.is_none() {
+                            reconciler.invalidate();
+                        }
+                        let want = match nodeport.as_deref() {
+                            None => {
+                                let c = tracker.rebuild(
+                                    &opts.desired,
+                                    store.services.objects(),
+                                    store.slices.objects(),
+                                );
+                                let want = c.table();
+                                cache = Some(c);
+                                want
+                            }
+                            Some(np) => {
+                                tracker.forget();
+                                let mut want = store.desired(&opts.desired);
+                                let (services, slices) = store.objects();
+                                external = Some(np.extend(&services, &slices, &mut want));
+                                want
+                            }
+                        };
+                        (reconciler.reconcile(maps, &want), want.len())
+                    }
+                };
+                stats.frontends.store(frontends as u64, Ordering::Relaxed);
+                match result {
                     Ok(report) => {
                         stats.reconciles.fetch_add(1, Ordering::Relaxed);
                         if !report.errors.is_empty() {
@@ -538,7 +398,7 @@ where
                             info!(
                                 services = store.services.objects().len(),
                                 slices = store.slices.objects().len(),
-                                frontends = want.len(),
+                                frontends,
                                 upserted = report.upserted,
                                 deleted = report.deleted,
                                 map_ops = report.map_ops,
@@ -554,11 +414,15 @@ where
                             opts.retry
                         };
                         next_resync = Some(Instant::now() + wait);
+                        if let (Some(np), Some(ext)) = (nodeport.as_deref_mut(), external.as_ref()) {
+                            np.apply(ext);
+                        }
                         on_report(&report);
                     }
                     Err(e) => {
                         stats.reconcile_failures.fetch_add(1, Ordering::Relaxed);
                         warn!(error = %e, "cannot read the service maps; will retry");
+                        reconciler.invalidate();
                         // The retry below does what the pending change asked for.
                         dirty_since = None;
                         next_resync = Some(Instant::now() + opts.retry);
@@ -602,6 +466,7 @@ mod tests {
                 }],
                 ..Default::default()
             },
+            status: Default::default(),
         }
     }
 
@@ -737,10 +602,16 @@ mod tests {
                      "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 30}},
                      "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": "http-alt"},
                                {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 5353}]},
-            "status": {"loadBalancer": {}}
+            "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.9", "ipMode": "VIP"},
+                                                    {"hostname": "lb.example.com"}]}}
         }))
         .unwrap();
         let ours: Service = reduce(&api).unwrap();
+        assert_eq!(
+            ours.load_balancer_ips(),
+            vec![std::net::Ipv4Addr::new(203, 0, 113, 9)],
+            "status.loadBalancer.ingress reaches our type"
+        );
         assert_eq!(ours.key(), ("shop".to_string(), "web".to_string()));
         assert_eq!(ours.spec.cluster_ip.as_deref(), Some("10.96.0.10"));
         assert_eq!(ours.spec.internal_traffic_policy.as_deref(), Some("Local"));

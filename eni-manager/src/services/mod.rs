@@ -8,11 +8,17 @@
 //! - [`files`]: the standalone source, a directory of YAML files polled every second.
 //! - [`kube`]: the Kubernetes source, Services and EndpointSlices watched through the API
 //!   server (kube-rs watchers), debounced, reconciled once both kinds are listed.
+//! - [`external`]: `services.nodeport`, the per-packet path on the node's links (NodePorts,
+//!   externalIPs, LoadBalancer IPs from outside the node): its frontends are added to the
+//!   table before the reconcile and written to the tc path's map after it.
 //! - [`start`]: what the daemon runs when `services.enabled` (load or adopt the pinned
-//!   maps, attach to the cgroup, reconcile on every change of the configured source).
+//!   maps, attach to the cgroup and, with `services.nodeport`, to the node's links;
+//!   reconcile on every change of the configured source).
 
 pub mod desired;
+pub mod external;
 pub mod files;
+pub mod incremental;
 pub mod kube;
 pub mod reconcile;
 pub mod types;
@@ -28,14 +34,15 @@ use eni_bpf::DatapathMaps;
 use tracing::{error, info, warn};
 
 pub use desired::desired;
-pub use reconcile::{apply, current, diff, reconcile, ApplyReport, Op};
+pub use reconcile::{apply, current, diff, reconcile, ApplyReport, Op, Reconciler};
 
 use crate::config::{ServiceSourceKind, ServicesConfig};
 
 /// How often the directory is looked at.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
-/// How often the maps are reconciled even if no file changed (repairs drift, cheap: a
-/// read of the maps and no write when nothing differs).
+/// How often the maps are reconciled even if no file changed. That pass reads the maps
+/// back (repairing drift); passes caused by a change diff against the applied table kept
+/// in memory.
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(60);
 
 type Fingerprint = Vec<(PathBuf, u64, Option<std::time::SystemTime>)>;
@@ -48,6 +55,8 @@ pub struct FileSource {
     last: Option<Fingerprint>,
     last_sync: Option<Instant>,
     last_error: Option<String>,
+    reconciler: Reconciler,
+    nodeport: Option<external::NodePortPath>,
 }
 
 impl FileSource {
@@ -59,7 +68,21 @@ impl FileSource {
             last: None,
             last_sync: None,
             last_error: None,
+            reconciler: Reconciler::new(),
+            nodeport: None,
         }
+    }
+
+    /// Also serves NodePorts, externalIPs and LoadBalancer IPs per packet through `path`
+    /// (its frontends are reconciled after the socket LB's on every poll that reconciles).
+    pub fn with_nodeport(mut self, path: external::NodePortPath) -> Self {
+        self.nodeport = Some(path);
+        self
+    }
+
+    /// The NodePort path, when there is one.
+    pub fn nodeport(&self) -> Option<&external::NodePortPath> {
+        self.nodeport.as_ref()
     }
 
     /// Looks at the directory; when it changed (or the resync time passed) reads it and
@@ -93,8 +116,16 @@ impl FileSource {
         for p in &loaded.problems {
             warn!("services: {p}; skipped");
         }
-        let want = desired(&loaded.services, &loaded.slices);
-        match reconcile(maps, &want) {
+        let mut want = desired(&loaded.services, &loaded.slices);
+        let external = self
+            .nodeport
+            .as_ref()
+            .map(|np| np.extend(&loaded.services, &loaded.slices, &mut want));
+        if self.last.as_ref() == Some(&fp) {
+            // Nothing changed: this is the periodic resync, which checks the maps themselves.
+            self.reconciler.invalidate();
+        }
+        match self.reconciler.reconcile(maps, &want) {
             Ok(report) => {
                 if report.upserted + report.deleted > 0 || self.last.as_ref() != Some(&fp) {
                     info!(
@@ -108,6 +139,9 @@ impl FileSource {
                         "services reconciled"
                     );
                 }
+                if let (Some(np), Some(ext)) = (self.nodeport.as_mut(), external.as_ref()) {
+                    np.apply(ext);
+                }
                 self.last = Some(fp);
                 self.last_sync = Some(Instant::now());
                 Some(report)
@@ -115,6 +149,7 @@ impl FileSource {
             Err(e) => {
                 warn!(error = %e, "cannot read the service maps; will retry");
                 self.last = None;
+                self.reconciler.invalidate();
                 None
             }
         }
@@ -132,6 +167,7 @@ pub struct ServicesHandle {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
     kube_stats: Option<Arc<self::kube::KubeStats>>,
+    nodeport_stats: Option<Arc<external::NodePortStats>>,
 }
 
 impl ServicesHandle {
@@ -139,6 +175,23 @@ impl ServicesHandle {
     /// [`render`](self::kube::KubeStats::render) is in the manager's metrics format.
     pub fn kube_stats(&self) -> Option<&Arc<self::kube::KubeStats>> {
         self.kube_stats.as_ref()
+    }
+
+    /// The NodePort path's counters (`None` without `services.nodeport`).
+    pub fn nodeport_stats(&self) -> Option<&Arc<external::NodePortStats>> {
+        self.nodeport_stats.as_ref()
+    }
+
+    /// Everything this loop exports on the manager's `/metrics`.
+    pub fn metrics_sources(&self) -> Vec<Arc<dyn crate::metrics::MetricsSource>> {
+        let mut out: Vec<Arc<dyn crate::metrics::MetricsSource>> = Vec::new();
+        if let Some(k) = &self.kube_stats {
+            out.push(k.clone());
+        }
+        if let Some(n) = &self.nodeport_stats {
+            out.push(n.clone());
+        }
+        out
     }
 
     /// Stops the loop (the pinned maps and links stay: traffic keeps flowing).
@@ -180,10 +233,117 @@ fn load_and_attach(cfg: &ServicesConfig) -> anyhow::Result<eni_bpf::SocketLb> {
     Ok(lb)
 }
 
+/// The network namespace the manager runs in: where `services.nodeport.links` are.
+const OWN_NETNS: &str = "/proc/self/ns/net";
+
+/// With `services.nodeport.enabled`: loads (or adopts) the tc programs and their maps next
+/// to the socket LB's, attaches them to every configured link (a filter already there is
+/// replaced in place: nothing is detached on a restart) and detaches them from links a
+/// previous configuration listed and this one does not.
+fn load_and_attach_nodeport(
+    cfg: &ServicesConfig,
+) -> anyhow::Result<Option<external::NodePortPath>> {
+    let np = &cfg.nodeport;
+    if !np.enabled {
+        stop_nodeport(cfg);
+        return Ok(None);
+    }
+    let plan = external::plan_from_kernel(np)?;
+    let mut lb = eni_bpf::NodePortLb::load_or_adopt(&cfg.bpf_pin_dir).with_context(|| {
+        format!(
+            "loading the NodePort programs (services.bpf_pin_dir {})",
+            cfg.bpf_pin_dir.display()
+        )
+    })?;
+    let mut newly = 0;
+    for link in &plan.links {
+        let n = lb
+            .attach(OWN_NETNS, &link.name, link.node_ip)
+            .with_context(|| {
+                format!(
+                    "attaching the NodePort programs to services.nodeport.links {}",
+                    link.name
+                )
+            })?;
+        info!(link = %link.name, node_ip = %link.node_ip, newly_attached = n, "NodePort programs attached");
+        newly += n;
+    }
+    match lb.attachments(OWN_NETNS) {
+        Ok(recorded) => {
+            for old in recorded {
+                let Some(name) = old.name else { continue };
+                if plan.links.iter().any(|l| l.name == name) {
+                    continue;
+                }
+                match lb.detach(OWN_NETNS, &name) {
+                    Ok(()) => {
+                        info!(link = %name, "NodePort programs detached (the link is no longer in services.nodeport.links)")
+                    }
+                    Err(e) => {
+                        warn!(link = %name, error = %e, "cannot detach the NodePort programs from a link no longer configured")
+                    }
+                }
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot list the links the NodePort programs were attached to"),
+    }
+    info!(
+        pin_dir = %cfg.bpf_pin_dir.display(),
+        links = plan.links.len(),
+        addresses = ?plan.addresses,
+        newly_attached = newly,
+        "NodePort datapath ready"
+    );
+    let path = external::NodePortPath::new(Box::new(lb), plan.addresses);
+    path.stats().set_links(plan.links.len());
+    Ok(Some(path))
+}
+
+/// `services.nodeport` is off: if a previous configuration left the programs attached
+/// (their maps are pinned in `bpf_pin_dir`), detaches them from every recorded link and
+/// empties their frontends, so nothing keeps serving NodePorts from a stale table. Errors
+/// are logged: the rest of the services still start.
+fn stop_nodeport(cfg: &ServicesConfig) {
+    if !cfg.bpf_pin_dir.join(eni_bpf::maps::NP_LINKS_MAP).exists() {
+        return;
+    }
+    let mut lb = match eni_bpf::NodePortLb::load_or_adopt(&cfg.bpf_pin_dir) {
+        Ok(lb) => lb,
+        Err(e) => {
+            warn!(error = %e, "services.nodeport is off but its maps are pinned; cannot open them to detach the programs");
+            return;
+        }
+    };
+    match lb.attachments(OWN_NETNS) {
+        Ok(links) => {
+            for name in links.into_iter().filter_map(|l| l.name) {
+                match lb.detach(OWN_NETNS, &name) {
+                    Ok(()) => {
+                        info!(link = %name, "services.nodeport is off: NodePort programs detached")
+                    }
+                    Err(e) => {
+                        warn!(link = %name, error = %e, "services.nodeport is off: cannot detach the NodePort programs")
+                    }
+                }
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot list the links the NodePort programs were attached to"),
+    }
+    let r = reconcile::reconcile_external(&mut lb, &desired::ExternalTable::new());
+    if let Err(e) = r {
+        warn!(error = %e, "services.nodeport is off: cannot empty the per-packet frontends");
+    }
+}
+
 fn start_files(cfg: &ServicesConfig) -> anyhow::Result<ServicesHandle> {
     let mut lb = load_and_attach(cfg)?;
+    let nodeport = load_and_attach_nodeport(cfg)?;
+    let nodeport_stats = nodeport.as_ref().map(|n| n.stats().clone());
     info!(dir = %cfg.dir.display(), "services source: files");
     let mut source = FileSource::new(&cfg.dir, RESYNC_INTERVAL);
+    if let Some(np) = nodeport {
+        source = source.with_nodeport(np);
+    }
     let first = source.poll(&mut lb);
     terminate_udp(first.as_ref());
     let stop = Arc::new(AtomicBool::new(false));
@@ -202,6 +362,7 @@ fn start_files(cfg: &ServicesConfig) -> anyhow::Result<ServicesHandle> {
         stop,
         thread: Some(thread),
         kube_stats: None,
+        nodeport_stats,
     })
 }
 
@@ -217,6 +378,8 @@ fn start_kube(cfg: &ServicesConfig) -> anyhow::Result<ServicesHandle> {
         .context("starting the services runtime")?;
     let client = rt.block_on(self::kube::client(cfg.kubeconfig.as_deref()))?;
     let mut lb = load_and_attach(cfg)?;
+    let mut nodeport = load_and_attach_nodeport(cfg)?;
+    let nodeport_stats = nodeport.as_ref().map(|n| n.stats().clone());
     let opts = self::kube::KubeOptions {
         desired: desired::DesiredOptions {
             node_name: cfg.node_name.clone(),
@@ -240,9 +403,15 @@ fn start_kube(cfg: &ServicesConfig) -> anyhow::Result<ServicesHandle> {
                     tokio::time::sleep(STOP_POLL).await;
                 }
             };
-            let r = rt.block_on(self::kube::run(client, &mut lb, &opts, &st, stopped, |r| {
-                terminate_udp(Some(r))
-            }));
+            let r = rt.block_on(self::kube::run(
+                client,
+                &mut lb,
+                nodeport.as_mut(),
+                &opts,
+                &st,
+                stopped,
+                |r| terminate_udp(Some(r)),
+            ));
             if let Err(e) = r {
                 error!(error = %e, "the Kubernetes services source stopped; the pinned maps keep serving what they hold");
             }
@@ -252,6 +421,7 @@ fn start_kube(cfg: &ServicesConfig) -> anyhow::Result<ServicesHandle> {
         stop,
         thread: Some(thread),
         kube_stats: Some(stats),
+        nodeport_stats,
     })
 }
 

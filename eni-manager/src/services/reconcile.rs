@@ -1,6 +1,10 @@
 //! desired table -> diff against what the maps hold -> incremental map updates.
 //! Only services whose spec differs are upserted (and `upsert_service` itself writes only
 //! the slots that differ); services no longer wanted are deleted. Nothing is rewritten.
+//!
+//! A long-running source uses a [`Reconciler`]: it reads the maps once (adopting what a
+//! previous manager left pinned) and afterwards diffs against the table it applied, kept
+//! in memory, so a pass over 10,000 unchanged services costs no syscall at all.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
@@ -71,8 +75,19 @@ pub fn apply<M: DatapathMaps + ?Sized>(
     ops: &[Op],
     current: &BTreeMap<ServiceKey, ServiceSpec>,
 ) -> ApplyReport {
+    apply_tracked(maps, ops, current, |_, _| {})
+}
+
+/// [`apply`], calling `done(op, succeeded)` after each op.
+fn apply_tracked<M: DatapathMaps + ?Sized>(
+    maps: &mut M,
+    ops: &[Op],
+    current: &BTreeMap<ServiceKey, ServiceSpec>,
+    mut done: impl FnMut(&Op, bool),
+) -> ApplyReport {
     let mut r = ApplyReport::default();
     for op in ops {
+        let errors_before = r.errors.len();
         match op {
             Op::Delete(k) => {
                 let before: Vec<SocketAddrV4> = current
@@ -114,11 +129,111 @@ pub fn apply<M: DatapathMaps + ?Sized>(
                 }
             },
         }
+        done(op, r.errors.len() == errors_before);
     }
     r
 }
 
-/// Reads the maps, diffs against `desired`, applies the difference.
+/// Reconciles against the table it last applied, kept in memory, instead of reading every
+/// map entry back on each pass. The first pass (and the first after any failed write,
+/// when what the maps hold is no longer certain) reads the maps. Only this process writes
+/// the Service maps, so between passes the copy stays exact.
+#[derive(Debug, Default)]
+pub struct Reconciler {
+    applied: Option<BTreeMap<ServiceKey, ServiceSpec>>,
+}
+
+impl Reconciler {
+    /// A reconciler that will read the maps on its first pass.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Diffs `desired` against what was applied (read from the maps on the first pass),
+    /// applies the difference and records it.
+    pub fn reconcile<M: DatapathMaps + ?Sized>(
+        &mut self,
+        maps: &mut M,
+        desired: &BTreeMap<ServiceKey, ServiceSpec>,
+    ) -> Result<ApplyReport, BpfError> {
+        let mut applied = match self.applied.take() {
+            Some(a) => a,
+            None => current(maps)?,
+        };
+        let ops = diff(desired, &applied);
+        let mut failed = false;
+        let mut changes: Vec<(ServiceKey, Option<ServiceSpec>)> = Vec::with_capacity(ops.len());
+        let report = apply_tracked(maps, &ops, &applied, |op, ok| {
+            failed |= !ok;
+            match op {
+                Op::Upsert(k, spec) if ok => changes.push((*k, Some(spec.clone()))),
+                Op::Delete(k) if ok => changes.push((*k, None)),
+                _ => {}
+            }
+        });
+        if failed {
+            // Re-read on the next pass rather than guess what a failed write left.
+            return Ok(report);
+        }
+        for (k, spec) in changes {
+            match spec {
+                Some(spec) => applied.insert(k, spec),
+                None => applied.remove(&k),
+            };
+        }
+        self.applied = Some(applied);
+        Ok(report)
+    }
+
+    /// Applies only `changes` (frontend -> wanted spec, `None`: not wanted), for a source
+    /// that knows what changed ([`super::incremental::DesiredCache`]): the cost depends on
+    /// the size of the change, not of the table. Reads the maps first if nothing is held
+    /// in memory yet.
+    pub fn reconcile_changes<M: DatapathMaps + ?Sized>(
+        &mut self,
+        maps: &mut M,
+        changes: &BTreeMap<ServiceKey, Option<ServiceSpec>>,
+    ) -> Result<ApplyReport, BpfError> {
+        let mut applied = match self.applied.take() {
+            Some(a) => a,
+            None => current(maps)?,
+        };
+        let want: BTreeMap<ServiceKey, ServiceSpec> = changes
+            .iter()
+            .filter_map(|(k, s)| s.clone().map(|s| (*k, s)))
+            .collect();
+        let have: BTreeMap<ServiceKey, ServiceSpec> = changes
+            .keys()
+            .filter_map(|k| applied.get(k).map(|s| (*k, s.clone())))
+            .collect();
+        let ops = diff(&want, &have);
+        let mut failed = false;
+        let report = apply_tracked(maps, &ops, &have, |op, ok| {
+            failed |= !ok;
+            match op {
+                Op::Upsert(k, spec) if ok => {
+                    applied.insert(*k, spec.clone());
+                }
+                Op::Delete(k) if ok => {
+                    applied.remove(k);
+                }
+                _ => {}
+            }
+        });
+        if !failed {
+            self.applied = Some(applied);
+        }
+        Ok(report)
+    }
+
+    /// Forgets the in-memory table: the next pass reads the maps again.
+    pub fn invalidate(&mut self) {
+        self.applied = None;
+    }
+}
+
+/// Reads the maps, diffs against `desired`, applies the difference. One-shot; a
+/// long-running source keeps a [`Reconciler`] instead.
 pub fn reconcile<M: DatapathMaps + ?Sized>(
     maps: &mut M,
     desired: &BTreeMap<ServiceKey, ServiceSpec>,

@@ -305,3 +305,248 @@ fn file_source_polls_reloads_and_keeps_state_when_the_dir_vanishes() {
         "a missing dir is not 'no services'"
     );
 }
+
+/// Counts reads of the whole table and can fail upserts, around the recording fake.
+#[derive(Default)]
+struct CountingMaps {
+    inner: RecordingMaps,
+    lists: std::cell::Cell<usize>,
+    fail_upserts: bool,
+}
+
+impl DatapathMaps for CountingMaps {
+    fn upsert_service(
+        &mut self,
+        key: ServiceKey,
+        spec: &eni_bpf::ServiceSpec,
+    ) -> Result<eni_bpf::UpsertOutcome, eni_bpf::BpfError> {
+        if self.fail_upserts {
+            return Err(eni_bpf::BpfError::InvalidService {
+                key,
+                reason: "injected failure".into(),
+            });
+        }
+        self.inner.upsert_service(key, spec)
+    }
+    fn delete_service(&mut self, key: ServiceKey) -> Result<bool, eni_bpf::BpfError> {
+        self.inner.delete_service(key)
+    }
+    fn list(&self) -> Result<Vec<eni_bpf::ServiceEntry>, eni_bpf::BpfError> {
+        self.lists.set(self.lists.get() + 1);
+        self.inner.list()
+    }
+}
+
+#[test]
+fn reconciler_reads_the_maps_once_then_diffs_in_memory() {
+    let mut m = CountingMaps::default();
+    let mut rec = Reconciler::new();
+    let d = want(WEB);
+    let r = rec.reconcile(&mut m, &d).unwrap();
+    assert_eq!((r.upserted, r.deleted), (4, 0));
+    assert_eq!(m.lists.get(), 1, "the first pass adopts what the maps hold");
+
+    // Unchanged: no read, no write.
+    m.inner.ops.clear();
+    let r = rec.reconcile(&mut m, &d).unwrap();
+    assert_eq!((r.upserted, r.deleted, r.map_ops), (0, 0, 0));
+    assert!(m.inner.ops.is_empty());
+    assert_eq!(m.lists.get(), 1);
+
+    // A change: only the difference is written, still without reading the table.
+    let no_dns = WEB.replace(
+        "    - { name: dns, port: 53, protocol: UDP, targetPort: 5353 }\n",
+        "",
+    );
+    let r = rec.reconcile(&mut m, &want(&no_dns)).unwrap();
+    assert_eq!((r.upserted, r.deleted), (0, 2));
+    assert_eq!(m.lists.get(), 1);
+    assert_eq!(m.inner.list().unwrap().len(), 2);
+
+    // Same outcome as the one-shot reconcile that reads the maps: nothing left to do.
+    let again = reconcile(&mut m, &want(&no_dns)).unwrap();
+    assert_eq!((again.upserted, again.deleted), (0, 0));
+    assert_eq!(m.lists.get(), 2);
+
+    // invalidate() makes the next pass read the maps (the periodic drift repair).
+    rec.invalidate();
+    rec.reconcile(&mut m, &want(&no_dns)).unwrap();
+    assert_eq!(m.lists.get(), 3);
+}
+
+#[test]
+fn reconciler_rereads_after_a_failed_write_and_then_converges() {
+    let mut m = CountingMaps::default();
+    let mut rec = Reconciler::new();
+    rec.reconcile(&mut m, &Default::default()).unwrap();
+    assert_eq!(m.lists.get(), 1);
+
+    m.fail_upserts = true;
+    let r = rec.reconcile(&mut m, &want(WEB)).unwrap();
+    assert_eq!(r.errors.len(), 4);
+    assert!(m.inner.list().unwrap().is_empty());
+
+    // What a failed write left is not guessed: the next pass reads the maps again and
+    // applies what is still missing.
+    m.fail_upserts = false;
+    let before = m.lists.get();
+    let r = rec.reconcile(&mut m, &want(WEB)).unwrap();
+    assert_eq!(m.lists.get(), before + 1);
+    assert_eq!((r.upserted, r.errors.len()), (4, 0));
+    assert_eq!(m.inner.list().unwrap().len(), 4);
+}
+
+#[test]
+fn reconcile_changes_writes_only_the_changed_frontends() {
+    let mut m = CountingMaps::default();
+    let mut rec = Reconciler::new();
+    let d = want(WEB);
+    rec.reconcile(&mut m, &d).unwrap();
+    assert_eq!(m.lists.get(), 1);
+
+    // One frontend gets a new backend list, one is no longer wanted, one is unchanged.
+    let mut keys = d.keys().copied();
+    let (k1, k2, k3) = (
+        keys.next().unwrap(),
+        keys.next().unwrap(),
+        keys.next().unwrap(),
+    );
+    let mut spec1 = d[&k1].clone();
+    spec1.backends.truncate(1);
+    let changes: std::collections::BTreeMap<_, _> = [
+        (k1, Some(spec1.clone())),
+        (k2, None),
+        (k3, Some(d[&k3].clone())),
+    ]
+    .into_iter()
+    .collect();
+    m.inner.ops.clear();
+    let r = rec.reconcile_changes(&mut m, &changes).unwrap();
+    assert_eq!((r.upserted, r.deleted, r.errors.len()), (1, 1, 0));
+    assert_eq!(m.lists.get(), 1, "no read of the maps");
+    let now: std::collections::BTreeMap<_, _> = m
+        .inner
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.key, e.spec))
+        .collect();
+    assert_eq!(now.len(), d.len() - 1);
+    assert_eq!(now[&k1], spec1);
+    assert!(!now.contains_key(&k2));
+
+    // The in-memory table followed: a full pass with the same wanted table does nothing.
+    let mut full = d.clone();
+    full.insert(k1, spec1);
+    full.remove(&k2);
+    let r = rec.reconcile(&mut m, &full).unwrap();
+    assert_eq!((r.upserted, r.deleted), (0, 0));
+}
+
+#[test]
+fn service_counters_appear_on_the_manager_metrics() {
+    use crate::metrics::{Metrics, MetricsSource};
+    let metrics = Metrics::new(std::sync::Arc::new(cloud_providers::CallStats::new()));
+    let kube: std::sync::Arc<dyn MetricsSource> =
+        std::sync::Arc::new(self::kube::KubeStats::default());
+    let np = external::NodePortPath::new(
+        Box::new(std::collections::BTreeMap::<
+            ServiceKey,
+            eni_bpf::TrafficPolicy,
+        >::new()),
+        vec![Ipv4Addr::new(192, 168, 1, 10)],
+    );
+    np.stats().set_links(2);
+    let before = metrics.render();
+    assert!(!before.contains("eni_services_"), "{before}");
+    metrics.add_source(kube);
+    metrics.add_source(np.stats().clone());
+    let text = metrics.render();
+    for name in [
+        "eni_manager_ready",
+        "eni_services_kube_synced",
+        "eni_services_kube_events_total",
+        "eni_services_kube_lists_total",
+        "eni_services_kube_watch_errors_total",
+        "eni_services_reconciles_total",
+        "eni_services_reconcile_failures_total",
+        "eni_services_frontends",
+        "eni_services_nodeport_links",
+        "eni_services_nodeport_frontends",
+        "eni_services_nodeport_reconciles_total",
+        "eni_services_nodeport_reconcile_failures_total",
+        "eni_services_nodeport_frontends_set_total",
+        "eni_services_nodeport_frontends_removed_total",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {name} ")),
+            "{name} missing from /metrics:\n{text}"
+        );
+    }
+    assert!(text.contains("eni_services_nodeport_links 2\n"), "{text}");
+}
+
+#[test]
+fn file_source_with_nodeport_serves_node_ports_and_follows_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = |etp: &str, node_port: u16| {
+        format!(
+            r#"
+apiVersion: v1
+kind: Service
+metadata: {{ name: web, namespace: shop }}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.10
+  externalTrafficPolicy: {etp}
+  ports: [ {{ name: http, port: 80, targetPort: 8080, nodePort: {node_port} }} ]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{ name: web-1, namespace: shop, labels: {{ kubernetes.io/service-name: web }} }}
+addressType: IPv4
+ports: [ {{ name: http, port: 8080 }} ]
+endpoints: [ {{ addresses: [10.0.0.1] }}, {{ addresses: [10.0.0.2] }} ]
+"#
+        )
+    };
+    std::fs::write(dir.path().join("web.yaml"), yaml("Cluster", 30080)).unwrap();
+    let node = Ipv4Addr::new(192, 168, 1, 10);
+    let mut src = FileSource::new(dir.path(), Duration::from_secs(3600)).with_nodeport(
+        external::NodePortPath::new(
+            Box::new(std::collections::BTreeMap::<
+                ServiceKey,
+                eni_bpf::TrafficPolicy,
+            >::new()),
+            vec![node],
+        ),
+    );
+    let mut m = RecordingMaps::default();
+    let r = src.poll(&mut m).unwrap();
+    assert_eq!(r.upserted, 2, "the cluster IP and the NodePort");
+    let listed = m.list().unwrap();
+    let np = listed
+        .iter()
+        .find(|e| e.key == key([192, 168, 1, 10], 30080, Protocol::Tcp))
+        .expect("the NodePort frontend is in the socket LB's table");
+    assert_eq!(np.spec.backends.len(), 2);
+    let stats = src.nodeport().unwrap().stats().clone();
+    assert_eq!((stats.reconciles(), stats.frontends()), (1, 1));
+    assert!(stats
+        .render()
+        .contains("eni_services_nodeport_frontends_set_total 1\n"));
+    // A new nodePort and policy: the old frontend goes from both tables.
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(dir.path().join("web.yaml"), yaml("Local", 30081)).unwrap();
+    let r = src.poll(&mut m).unwrap();
+    assert_eq!((r.upserted, r.deleted), (1, 1));
+    let keys: Vec<ServiceKey> = m.list().unwrap().into_iter().map(|e| e.key).collect();
+    assert!(keys.contains(&key([192, 168, 1, 10], 30081, Protocol::Tcp)));
+    assert!(!keys.contains(&key([192, 168, 1, 10], 30080, Protocol::Tcp)));
+    let text = stats.render();
+    assert!(
+        text.contains("eni_services_nodeport_frontends_set_total 2\n")
+            && text.contains("eni_services_nodeport_frontends_removed_total 1\n"),
+        "{text}"
+    );
+}

@@ -42,6 +42,34 @@ pub struct Service {
     /// The spec.
     #[serde(default)]
     pub spec: ServiceSpec,
+    /// The status (only `status.loadBalancer.ingress[].ip` is used).
+    #[serde(default)]
+    pub status: ServiceStatus,
+}
+
+impl Service {
+    /// `namespace/name`.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.metadata.namespace(), self.metadata.name)
+    }
+
+    /// The IPv4 `status.loadBalancer.ingress[].ip` addresses (a `hostname`-only ingress,
+    /// an IPv6 or an unparsable address is skipped).
+    pub fn load_balancer_ips(&self) -> Vec<std::net::Ipv4Addr> {
+        let mut out: Vec<std::net::Ipv4Addr> = Vec::new();
+        for ip in self
+            .status
+            .load_balancer
+            .iter()
+            .flat_map(|lb| lb.ingress.iter())
+            .filter_map(|i| i.ip.as_deref()?.parse().ok())
+        {
+            if !out.contains(&ip) {
+                out.push(ip);
+            }
+        }
+        out
+    }
 }
 
 /// `Service.spec`.
@@ -198,18 +226,6 @@ pub struct EndpointPort {
     pub protocol: Option<String>,
 }
 
-/// The `status` of a v1 `Service` document, read on its own (the same document parses as
-/// [`Service`] and as this): only `status.loadBalancer.ingress[].ip` is used.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-pub struct ServiceStatusDoc {
-    /// Name, namespace.
-    #[serde(default)]
-    pub metadata: ObjectMeta,
-    /// `status`.
-    #[serde(default)]
-    pub status: ServiceStatus,
-}
-
 /// `Service.status`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -235,19 +251,41 @@ pub struct LoadBalancerIngress {
     pub ip: Option<String>,
 }
 
-impl ServiceStatusDoc {
-    /// `namespace/name`, the key of [`super::desired::NodeFrontends::load_balancer_ips`].
-    pub fn id(&self) -> String {
-        format!("{}/{}", self.metadata.namespace(), self.metadata.name)
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    /// The IPv4 `status.loadBalancer.ingress[].ip` addresses (others are skipped).
-    pub fn load_balancer_ips(&self) -> Vec<std::net::Ipv4Addr> {
-        self.status
-            .load_balancer
-            .iter()
-            .flat_map(|lb| lb.ingress.iter())
-            .filter_map(|i| i.ip.as_deref()?.parse().ok())
-            .collect()
+    #[test]
+    fn status_load_balancer_ips_parse_with_the_service() {
+        let s: Service = serde_yaml::from_str(
+            r#"
+apiVersion: v1
+kind: Service
+metadata: { name: web, namespace: shop }
+spec: { type: LoadBalancer, clusterIP: 10.96.0.10, ports: [{ port: 80, nodePort: 30080 }] }
+status:
+  loadBalancer:
+    ingress:
+      - ip: 203.0.113.9
+      - hostname: lb.example.com
+      - ip: 2001:db8::1
+      - ip: 203.0.113.9
+      - ip: 198.51.100.4
+"#,
+        )
+        .unwrap();
+        assert_eq!(s.id(), "shop/web");
+        assert_eq!(
+            s.load_balancer_ips(),
+            vec![
+                std::net::Ipv4Addr::new(203, 0, 113, 9),
+                std::net::Ipv4Addr::new(198, 51, 100, 4)
+            ]
+        );
+        let none: Service =
+            serde_yaml::from_str("metadata: { name: x }\nspec: { clusterIP: 10.96.0.1 }\n")
+                .unwrap();
+        assert!(none.load_balancer_ips().is_empty());
+        assert_eq!(none.id(), "default/x");
     }
 }

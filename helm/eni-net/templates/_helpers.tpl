@@ -216,6 +216,43 @@ values that cannot work.
 {{- if or (lt $apiPort 1) (gt $apiPort 65535) }}
 {{- $p = append $p (printf "services.k8sServicePort %v: use the API server's port, 1-65535 (usually 443 or 6443)" $svc.k8sServicePort) }}
 {{- end }}
+{{- $np := $svc.nodeport | default dict }}
+{{- if $np.enabled }}
+{{- if not $np.links }}
+{{- $p = append $p "services.nodeport.links is required when services.nodeport.enabled: the node's links NodePorts arrive on, like [eth0, eth1]" }}
+{{- end }}
+{{- range $l := ($np.links | default list) }}
+{{- if not (regexMatch "^[A-Za-z0-9_.-]{1,15}$" (toString $l)) }}
+{{- $p = append $p (printf "services.nodeport.links: %q is not an interface name (1-15 letters, digits, '_', '.' or '-'); use the name `ip link` shows on the node" $l) }}
+{{- end }}
+{{- end }}
+{{- range $a := ($np.addresses | default list) }}
+{{- if not (regexMatch "^((25[0-5]|2[0-4][0-9]|1?[0-9]?[0-9])[.]){3}(25[0-5]|2[0-4][0-9]|1?[0-9]?[0-9])$" (toString $a)) }}
+{{- $p = append $p (printf "services.nodeport.addresses: %q is not an IPv4 address; give the node's addresses, or leave the list empty for the links' own" $a) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- /* NetworkPolicy (policy.*): the chart owns the manager's `policy` section. */}}
+{{- $pol := $v.policy | default dict }}
+{{- if hasKey $v.config "policy" }}
+{{- $p = append $p "config.policy is set by the chart (its paths must match the DaemonSet's mounts); use policy.enabled, policy.source, policy.configMap and bpf.pinDir instead" }}
+{{- end }}
+{{- range $e := ($v.extraEnv | default list) }}
+{{- if and (kindIs "map" $e) (hasPrefix "ENI_MANAGER__POLICY__" (toString $e.name)) }}
+{{- $p = append $p (printf "extraEnv %s: the policy section is set by the chart; use the policy.* and bpf.* values instead" $e.name) }}
+{{- end }}
+{{- end }}
+{{- $polSource := toString ($pol.source | default "kubernetes") }}
+{{- if not (has $polSource (list "kubernetes" "files")) }}
+{{- $p = append $p (printf "policy.source %q: use kubernetes (NetworkPolicies, Pods and Namespaces from the API server) or files (YAML from the ConfigMap named by policy.configMap)" $polSource) }}
+{{- end }}
+{{- if $pol.enabled }}
+{{- if and (eq $polSource "files") (not $pol.configMap) }}
+{{- $p = append $p "policy.configMap is required when policy.source is files: the name of a ConfigMap in the release's namespace whose keys are NetworkPolicy, Pod and Namespace *.yaml files" }}
+{{- else if and (eq $polSource "kubernetes") $pol.configMap }}
+{{- $p = append $p (printf "policy.configMap %q is only read with policy.source files; remove it, or set policy.source files" $pol.configMap) }}
+{{- end }}
 {{- end }}
 {{- if $p }}
 {{- fail (printf "\n\neni-net: %d problem(s) in the values:\n  - %s\n" (len $p) (join "\n  - " $p)) }}
@@ -274,7 +311,32 @@ services:
   {{- end }}
   bpf_pin_dir: {{ .Values.bpf.pinDir }}
   cgroup: {{ include "eni-net.cgroupMountPath" . }}
+  {{- with .Values.services.nodeport }}
+  {{- if .enabled }}
+  nodeport:
+    enabled: true
+    links: {{ .links | toJson }}
+    addresses: {{ .addresses | default list | toJson }}
+  {{- end }}
+  {{- end }}
 {{- end }}
+{{- with .Values.policy }}
+{{- if .enabled }}
+# eBPF NetworkPolicy (docs/network-policy.md): maps pinned next to the services' (bpf.pinDir).
+policy:
+  enabled: true
+  source: {{ .source | default "kubernetes" }}
+  {{- if eq (.source | default "kubernetes") "files" }}
+  dir: {{ include "eni-net.policyDir" $ }}
+  {{- end }}
+  bpf_pin_dir: {{ $.Values.bpf.pinDir }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Where the manager sees the policy ConfigMap (policy.source files). */}}
+{{- define "eni-net.policyDir" -}}
+/etc/eni-net/policy
 {{- end }}
 
 {{/* Where the manager sees the node's cgroup v2 root: /host plus the host path. */}}

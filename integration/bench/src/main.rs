@@ -8,6 +8,7 @@
 //! eni-bench burst          # 100 pods at once on a cold node vs the cloud's lower bounds
 //! eni-bench services       # connection rate/latency: socket LB vs direct vs iptables DNAT, 1 and 10k Services;
 //!                          # programming 10k x 10 and one endpoint change vs iptables-restore
+//! eni-bench policy         # traffic to a pod with 0/100/1,000 eBPF policy rules vs the same as iptables
 //! eni-bench footprint      # manager RSS with 250 pods, CNI peak RSS vs the reference plugins
 //! ```
 //!
@@ -26,6 +27,7 @@
 mod common;
 
 mod cni;
+mod policy;
 mod report;
 mod services;
 
@@ -79,6 +81,11 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         seconds: u64,
     },
+    /// Traffic to a pod with 0, 100 and 1,000 policy rules selecting it, against iptables.
+    Policy {
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+    },
     /// Manager RSS with many pods; CNI binary peak RSS.
     Footprint {
         #[arg(long, default_value_t = 250)]
@@ -93,6 +100,20 @@ enum Cmd {
     /// (internal) Short connections to `target` for `seconds`; prints JSON.
     #[command(hide = true)]
     SvcClient {
+        #[arg(long)]
+        target: std::net::SocketAddrV4,
+        #[arg(long)]
+        seconds: f64,
+    },
+    /// (internal) A TCP sink for the policy benchmark.
+    #[command(hide = true)]
+    BulkServer {
+        #[arg(long)]
+        port: u16,
+    },
+    /// (internal) Writes to `target` for `seconds`; prints JSON.
+    #[command(hide = true)]
+    BulkClient {
         #[arg(long)]
         target: std::net::SocketAddrV4,
         #[arg(long)]
@@ -114,6 +135,10 @@ fn main() -> anyhow::Result<()> {
             return services::client(target, Duration::from_secs_f64(seconds))
         }
         Cmd::PeakRss { argv } => return cni::peak_rss_child(&argv),
+        Cmd::BulkServer { port } => return policy::bulk_server(port),
+        Cmd::BulkClient { target, seconds } => {
+            return policy::bulk_client(target, Duration::from_secs_f64(seconds))
+        }
         _ => {}
     }
     if !common::is_root() {
@@ -129,13 +154,19 @@ fn main() -> anyhow::Result<()> {
             cni::latency(&mut report, pods)?;
             cni::burst(&mut report, 100)?;
             services::run(&mut report, services, seconds)?;
+            policy::run(&mut report, seconds)?;
             cni::footprint(&mut report, 250)?;
         }
         Cmd::Cni { pods } => cni::latency(&mut report, pods)?,
         Cmd::Burst { pods } => cni::burst(&mut report, pods)?,
         Cmd::Services { services, seconds } => services::run(&mut report, services, seconds)?,
+        Cmd::Policy { seconds } => policy::run(&mut report, seconds)?,
         Cmd::Footprint { pods } => cni::footprint(&mut report, pods)?,
-        Cmd::SvcServer { .. } | Cmd::SvcClient { .. } | Cmd::PeakRss { .. } => unreachable!(),
+        Cmd::SvcServer { .. }
+        | Cmd::SvcClient { .. }
+        | Cmd::BulkServer { .. }
+        | Cmd::BulkClient { .. }
+        | Cmd::PeakRss { .. } => unreachable!(),
     }
     report.print_summary();
     if let Some(path) = cli.json {

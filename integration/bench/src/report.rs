@@ -57,12 +57,12 @@ impl Report {
             higher_is_better,
         };
         println!(
-            "  {:<52} ours {:>12} {unit:<6} | {:<34} {:>12} {unit:<6} | ratio {:.3}{}",
+            "  {:<52} ours {:>12} {unit:<6} | {:<34} {:>12} {unit:<6} | ratio {}{}",
             row.name,
             fmt(row.ours),
             row.baseline_name,
             fmt(row.baseline),
-            row.ratio(),
+            fmt_ratio(row.ratio()),
             if row.higher_is_better {
                 " (higher is better)"
             } else {
@@ -80,14 +80,14 @@ impl Report {
         );
         for r in &self.rows {
             println!(
-                "| {} | {} {} | {} | {} {} | {:.3}{} |",
+                "| {} | {} {} | {} | {} {} | {}{} |",
                 r.name,
                 fmt(r.ours),
                 r.unit,
                 r.baseline_name,
                 fmt(r.baseline),
                 r.unit,
-                r.ratio(),
+                fmt_ratio(r.ratio()),
                 if r.higher_is_better {
                     " (higher is better)"
                 } else {
@@ -139,6 +139,15 @@ pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// A ratio with three decimals, or in scientific notation when that would print 0.000.
+fn fmt_ratio(r: f64) -> String {
+    if r != 0.0 && r.abs() < 0.001 {
+        format!("{r:.2e}")
+    } else {
+        format!("{r:.3}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,6 +166,8 @@ mod tests {
         let mut r = Report::default();
         r.add("x", "ms", 2.0, "ref", 4.0, false);
         assert_eq!(r.rows[0].ratio(), 0.5);
+        assert_eq!(fmt_ratio(0.5), "0.500");
+        assert_eq!(fmt_ratio(0.0000104), "1.04e-5");
         assert_eq!(r.to_json()[0]["ratio"], 0.5);
     }
 }

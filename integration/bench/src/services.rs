@@ -18,14 +18,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use eni_bpf::SocketLb;
+use eni_manager::services::incremental::{service_id, DesiredCache};
 use eni_manager::services::types::{EndpointSlice, Service};
-use eni_manager::services::{desired, reconcile};
+use eni_manager::services::{desired, Reconciler};
 use serde_json::{json, Value};
 
 use crate::common::Netns;
 use crate::report::{ms, Report};
 
 const BACKENDS: usize = 10;
+/// Endpoint changes measured one by one at the large size.
+const CHANGES: usize = 200;
 const REQUEST: &[u8] = b"GET / HTTP/1.0\r\n\r\n";
 const RESPONSE: &[u8] = b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok";
 
@@ -102,10 +105,10 @@ pub fn client(target: SocketAddrV4, duration: Duration) -> anyhow::Result<()> {
 }
 
 /// A server process in a namespace, killed on drop.
-struct ServerProc(Child);
+pub(crate) struct ServerProc(Child);
 
 impl ServerProc {
-    fn start(ns: &Netns) -> anyhow::Result<ServerProc> {
+    pub(crate) fn start(ns: &Netns) -> anyhow::Result<ServerProc> {
         let me = std::env::current_exe()?;
         let mut child = Command::new("ip")
             .args(["netns", "exec", &ns.name])
@@ -181,14 +184,14 @@ impl Drop for Datapath {
 }
 
 #[derive(Debug, Clone, Copy)]
-struct Rate {
-    per_s: f64,
-    p50_us: f64,
-    p99_us: f64,
+pub(crate) struct Rate {
+    pub(crate) per_s: f64,
+    pub(crate) p50_us: f64,
+    pub(crate) p99_us: f64,
 }
 
 /// Runs the client in `ns` (and in `cgroup`, when given) against `target`.
-fn measure(
+pub(crate) fn measure(
     ns: &Netns,
     cgroup: Option<&PathBuf>,
     target: SocketAddrV4,
@@ -316,7 +319,7 @@ fn iptables_rules(n: usize, changed: Option<usize>) -> String {
 }
 
 /// `iptables-restore` (the whole nat table, as a kube-proxy full sync) in `ns`; its time.
-fn iptables_restore(ns: &Netns, rules: &str) -> anyhow::Result<Duration> {
+pub(crate) fn iptables_restore(ns: &Netns, rules: &str) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let mut child = Command::new("ip")
         .args(["netns", "exec", &ns.name, "iptables-restore"])
@@ -392,8 +395,11 @@ pub fn run(report: &mut Report, n: usize, seconds: u64) -> anyhow::Result<()> {
     let all: Vec<(Service, EndpointSlice)> = (0..n).map(|i| objects(i, false)).collect();
     let (svcs, slices): (Vec<Service>, Vec<EndpointSlice>) = all.iter().cloned().unzip();
 
+    // One reconciler across the passes, as the manager's sources keep one: it reads the
+    // maps on its first pass and then diffs against what it applied.
+    let mut rec = Reconciler::new();
     // 1 Service.
-    reconcile(dp.lb(), &desired(&svcs[..1], &slices[..1]))?;
+    rec.reconcile(dp.lb(), &desired(&svcs[..1], &slices[..1]))?;
     iptables_restore(&ipt_ns, &iptables_rules(1, None))?;
     // Unmeasured first rounds: page cache, first-use costs of each path.
     for (ns, cg, target) in [
@@ -424,7 +430,7 @@ pub fn run(report: &mut Report, n: usize, seconds: u64) -> anyhow::Result<()> {
     // N Services: programming time.
     let started = Instant::now();
     let want = desired(&svcs, &slices);
-    let r = reconcile(dp.lb(), &want)?;
+    let r = rec.reconcile(dp.lb(), &want)?;
     let ours_program = started.elapsed();
     if !r.errors.is_empty() {
         bail!(
@@ -449,25 +455,63 @@ pub fn run(report: &mut Report, n: usize, seconds: u64) -> anyhow::Result<()> {
         false,
     );
 
-    // One endpoint change at that size.
+    // One endpoint change at that size, as the file source does it: the whole wanted table
+    // recomputed, diffed against the applied one kept in memory.
     let k = n / 2;
     let mut slices = slices;
     slices[k] = objects(k, true).1;
     let started = Instant::now();
-    let r = reconcile(dp.lb(), &desired(&svcs, &slices))?;
+    let r = rec.reconcile(dp.lb(), &desired(&svcs, &slices))?;
     let ours_change = started.elapsed();
     if r.upserted != 1 {
         bail!("one endpoint change upserted {} services", r.upserted);
     }
     let ipt_change = iptables_restore(&ipt_ns, &iptables_rules(n, Some(k)))?;
     report.add(
-        &format!("one endpoint change among {n} Services"),
+        &format!("one endpoint change among {n} Services, full recompute"),
         "ms",
         ms(ours_change),
         "iptables-restore (full sync)",
         ms(ipt_change),
         false,
     );
+
+    // The same as the Kubernetes source does it: only the changed Service's frontends
+    // recomputed (DesiredCache) and written. Many changes, for a p99.
+    let mut cache = DesiredCache::new(Default::default());
+    for (svc, slice) in svcs.iter().zip(&slices) {
+        cache.update(&service_id(svc), Some(svc), std::slice::from_ref(slice));
+    }
+    let mut per_change = Vec::with_capacity(CHANGES);
+    for c in 0..CHANGES {
+        let i = 1 + (c * 7919) % (n - 1).max(1);
+        let flipped = slices[i].endpoints[0].addresses[0] == backend(i, 0).to_string();
+        slices[i] = objects(i, flipped).1;
+        let started = Instant::now();
+        let touched = cache.update(
+            &service_id(&svcs[i]),
+            Some(&svcs[i]),
+            std::slice::from_ref(&slices[i]),
+        );
+        let r = rec.reconcile_changes(dp.lb(), &cache.changes(&touched))?;
+        per_change.push(started.elapsed());
+        if r.upserted != 1 || !r.errors.is_empty() {
+            bail!("an incremental endpoint change: {r:?}");
+        }
+    }
+    per_change.sort_unstable();
+    let pct =
+        |p: f64| per_change[((p / 100.0 * CHANGES as f64).ceil() as usize).clamp(1, CHANGES) - 1];
+    for (label, p) in [("p50", 50.0), ("p99", 99.0)] {
+        report.add(
+            &format!("one endpoint change among {n} Services, incremental {label}"),
+            "ms",
+            ms(pct(p)),
+            "iptables-restore (full sync)",
+            ms(ipt_change),
+            false,
+        );
+    }
 
     // Connection rate with N Services installed.
     let lbn = measure(&lb_ns, Some(&dp.cgroup), vip, seconds)?;

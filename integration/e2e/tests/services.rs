@@ -10,6 +10,15 @@
 //!   through the kill, the time without a manager, and the restart (which adopts the pinned
 //!   maps); the restarted manager then applies a change of the YAML files.
 //!
+//! - NodePorts and an externalIP reached from node B's own namespace (another "node",
+//!   outside node A's Service cgroup), through the tc programs `services.nodeport` attaches
+//!   to node A's links: `externalTrafficPolicy: Cluster` spreads over both nodes' backends
+//!   and SNATs to node A's address towards node B's backend; `Local` keeps the client's
+//!   address and uses node A's backend only. The manager is SIGKILLed: the NodePort keeps
+//!   answering from the pins; the restarted manager adopts them (nothing newly attached).
+//!
+//! The tests share fixed ports (the managers' metrics): they take [`CLUSTER`] in turn.
+//!
 //! Needs root: otherwise says SKIPPED and returns.
 
 #![allow(clippy::print_stdout, reason = "the test reports what it measured")]
@@ -20,6 +29,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::Ipv4Addr;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use common::*;
@@ -140,6 +150,9 @@ impl Drop for Server {
     }
 }
 
+/// One cluster at a time in this test binary (fixed metrics ports, one mock).
+static CLUSTER: Mutex<()> = Mutex::new(());
+
 /// A client process in `pod`'s namespace and in node A's Service cgroup.
 struct PodClient {
     stdin: ChildStdin,
@@ -154,8 +167,21 @@ impl PodClient {
             svc.join_cgroup(),
             pod.ns.name
         );
+        PodClient::spawn(&script)
+    }
+
+    /// A client in namespace `ns` and outside node A's Service cgroup: what a client on
+    /// another machine sees.
+    fn outside(ns: &Netns) -> PodClient {
+        PodClient::spawn(&format!(
+            "exec ip netns exec {} python3 -u -c \"$0\"",
+            ns.name
+        ))
+    }
+
+    fn spawn(script: &str) -> PodClient {
         let mut child = Command::new("sh")
-            .args(["-c", &script, CLIENT_PY])
+            .args(["-c", script, CLIENT_PY])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -245,6 +271,7 @@ fn spread(client: &mut PodClient, proto: &str, n: usize) -> BTreeMap<String, (St
 #[test]
 fn cluster_ip_services_from_yaml_survive_a_manager_crash() {
     require_root!();
+    let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
     let mut c = Cluster::start_with_services();
     let a1 = c.add_pod(Node::A, "veth", &json!({}));
     let a2 = c.add_pod(Node::A, "veth", &json!({}));
@@ -356,4 +383,238 @@ fn cluster_ip_services_from_yaml_survive_a_manager_crash() {
     );
     let [backend, _, peer] = client.fields("uconn again 10.96.0.10 53");
     assert_eq!((backend.as_str(), peer.as_str()), ("a2", "10.96.0.10:53"));
+}
+
+/// NodePort (Cluster and Local) and externalIP Services; `a_node` is node A's `nodeName`.
+fn nodeport_yaml(a2: Ipv4Addr, b1: Ipv4Addr, external_ip: Ipv4Addr) -> String {
+    let slice = |name: &str, svc: &str| {
+        format!(
+            r#"---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{ name: {name}, namespace: e2e, labels: {{ kubernetes.io/service-name: {svc} }} }}
+addressType: IPv4
+ports: [{{ name: http, port: 8080, protocol: TCP }}, {{ name: dns, port: 8080, protocol: UDP }}]
+endpoints:
+  - {{ addresses: ["{a2}"], nodeName: node-a, conditions: {{ ready: true }} }}
+  - {{ addresses: ["{b1}"], nodeName: node-b, conditions: {{ ready: true }} }}
+"#
+        )
+    };
+    let service = |name: &str, ip: &str, policy: &str, tcp: u16, udp: u16| {
+        format!(
+            r#"---
+apiVersion: v1
+kind: Service
+metadata: {{ name: {name}, namespace: e2e }}
+spec:
+  type: NodePort
+  clusterIP: {ip}
+  externalTrafficPolicy: {policy}
+  ports:
+  - {{ name: http, port: 80, protocol: TCP, targetPort: 8080, nodePort: {tcp} }}
+  - {{ name: dns, port: 53, protocol: UDP, targetPort: 8080, nodePort: {udp} }}
+"#
+        )
+    };
+    [
+        service("np-cluster", "10.96.0.20", "Cluster", 30080, 30053),
+        slice("np-cluster-1", "np-cluster"),
+        service("np-local", "10.96.0.21", "Local", 30081, 30054),
+        slice("np-local-1", "np-local"),
+        format!(
+            r#"---
+apiVersion: v1
+kind: Service
+metadata: {{ name: ext, namespace: e2e }}
+spec:
+  clusterIP: 10.96.0.22
+  externalIPs: ["{external_ip}"]
+  ports:
+  - {{ name: http, port: 80, protocol: TCP, targetPort: 8080 }}
+  - {{ name: dns, port: 53, protocol: UDP, targetPort: 8080 }}
+"#
+        ),
+        slice("ext-1", "ext"),
+    ]
+    .concat()
+}
+
+/// Backends that answered `n` TCP connections or UDP datagrams to `ip:port`, with the
+/// client address each saw and the address the answer came from.
+fn spread_to(
+    client: &mut PodClient,
+    proto: &str,
+    ip: Ipv4Addr,
+    port: u16,
+    n: usize,
+) -> BTreeMap<String, (String, String)> {
+    let mut seen = BTreeMap::new();
+    for _ in 0..n {
+        let [backend, saw, from] = client.fields(&format!("{proto} {ip} {port}"));
+        seen.insert(backend, (saw, from));
+    }
+    seen
+}
+
+#[test]
+fn nodeports_and_external_ips_from_another_node_survive_a_manager_crash() {
+    require_root!();
+    let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let mut c = Cluster::start_with_services();
+    let a1 = c.add_pod(Node::A, "veth", &json!({}));
+    let a2 = c.add_pod(Node::A, "veth", &json!({}));
+    let b1 = c.add_pod(Node::B, "veth", &json!({}));
+    println!("pods: a1 {} a2 {} b1 {}", a1.ip, a2.ip, b1.ip);
+    let _servers = [Server::start(&a2, "a2"), Server::start(&b1, "b1")];
+    let svc = c.svc_a.as_ref().expect("node A runs the Service datapath");
+    // An address no link holds, routed to node A by node B (a LoadBalancer or a router
+    // would do that for an externalIP).
+    let external_ip = Ipv4Addr::new(198, 51, 100, 50);
+    c.node_b.ip(&[
+        "route",
+        "add",
+        &format!("{external_ip}/32"),
+        "via",
+        &c.ip_a.to_string(),
+    ]);
+    svc.write("np.yaml", &nodeport_yaml(a2.ip, b1.ip, external_ip));
+
+    // Restart node A's manager with services.nodeport on node A's NICs (the primary and
+    // the ENIs the pool attached: pod replies leave through the ENI holding the pod's
+    // address). The NodePort addresses default to the links' own.
+    let links: Vec<String> = c
+        .node_a
+        .links()
+        .into_keys()
+        .filter(|n| n.starts_with("eth"))
+        .collect();
+    println!("node A links: {links:?}");
+    let mut config = svc.config();
+    config["nodeport"] = json!({ "enabled": true, "links": links });
+    let node_a = c.node_a.name.clone();
+    let dir_a = c.dir.path().join("node-a");
+    let restart = |m: &mut Manager| {
+        m.kill();
+        *m = Manager::start_with(&dir_a, &node_a, 19410, &pool_settings(), &config);
+        m.wait_ready(MIN_IDLE, Duration::from_secs(30));
+    };
+    restart(&mut c.a);
+    assert!(
+        c.a.log_has(&["NodePort datapath ready", &format!("links={}", links.len())]),
+        "the manager did not attach the NodePort programs; log:\n{}",
+        std::fs::read_to_string(&c.a.log).unwrap_or_default()
+    );
+    let mut client = PodClient::outside(&c.node_b);
+    let ip_a = c.ip_a;
+    assert!(
+        wait_for(Duration::from_secs(15), || !client
+            .cmd(&format!("tcp {ip_a} 30080"))
+            .starts_with("ERR")),
+        "{ip_a}:30080 never answered from node B; manager log:\n{}",
+        std::fs::read_to_string(&c.a.log).unwrap_or_default()
+    );
+
+    // Cluster: both nodes' backends; node B's backend sees node A's address (SNAT), node
+    // A's the client; the answers come from the NodePort.
+    let node_b_addr = c.ip_b.to_string();
+    for (proto, port) in [("tcp", 30080), ("udp", 30053)] {
+        let seen = spread_to(&mut client, proto, ip_a, port, 40);
+        assert_eq!(
+            seen.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["a2", "b1"],
+            "{proto} NodePort Cluster: {seen:?}"
+        );
+        assert_eq!(
+            seen["b1"].0,
+            ip_a.to_string(),
+            "{proto}: b1 is reached SNATed"
+        );
+        assert_eq!(seen["a2"].0, node_b_addr, "{proto}: a2 sees the client");
+        for (_, from) in seen.values() {
+            assert_eq!(from, &format!("{ip_a}:{port}"), "{proto} answer source");
+        }
+    }
+    // Local: only node A's backend, and it sees the client's own address.
+    for (proto, port) in [("tcp", 30081), ("udp", 30054)] {
+        let seen = spread_to(&mut client, proto, ip_a, port, 20);
+        assert_eq!(
+            seen.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["a2"],
+            "{proto} NodePort Local: {seen:?}"
+        );
+        assert_eq!(
+            seen["a2"].0, node_b_addr,
+            "{proto} Local keeps the client address"
+        );
+        assert_eq!(seen["a2"].1, format!("{ip_a}:{port}"));
+    }
+    // The externalIP (Cluster): both backends, answers from the external IP.
+    for (proto, port) in [("tcp", 80), ("udp", 53)] {
+        let seen = spread_to(&mut client, proto, external_ip, port, 40);
+        assert_eq!(seen.len(), 2, "{proto} externalIP: {seen:?}");
+        for (_, from) in seen.values() {
+            assert_eq!(from, &format!("{external_ip}:{port}"));
+        }
+    }
+    // The counters are on /metrics (served in node A's namespace).
+    let text = c.node_a.exec(&[
+        "python3",
+        "-c",
+        "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:19410/metrics').read().decode())",
+    ]);
+    assert!(
+        text.contains(&format!("eni_services_nodeport_links {}\n", links.len())),
+        "{text}"
+    );
+    assert!(
+        !text.contains("eni_services_nodeport_reconciles_total 0\n")
+            && text.contains("eni_services_nodeport_reconciles_total"),
+        "{text}"
+    );
+
+    // SIGKILL the manager while node B connects in a loop; the pins keep the NodePort up;
+    // the restarted manager adopts them without attaching anything anew.
+    assert_eq!(client.cmd(&format!("loop {ip_a} 30080")), "started");
+    std::thread::sleep(Duration::from_millis(300));
+    c.a.kill();
+    std::thread::sleep(Duration::from_secs(2));
+    let [backend, ..] = PodClient::outside(&c.node_b).fields(&format!("tcp {ip_a} 30081"));
+    assert_eq!(
+        backend, "a2",
+        "the Local NodePort answers without a manager"
+    );
+    restart(&mut c.a);
+    assert!(
+        wait_for(Duration::from_secs(10), || c
+            .a
+            .log_has(&["NodePort datapath ready", "newly_attached=0"])),
+        "the restarted manager did not adopt the attached NodePort programs; log:\n{}",
+        std::fs::read_to_string(&c.a.log).unwrap_or_default()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let stop = client.cmd("stop");
+    let f: Vec<&str> = stop.split_whitespace().collect();
+    let (ok, failed): (u64, u64) = (f[0].parse().unwrap(), f[1].parse().unwrap());
+    println!(
+        "NodePort through the crash and restart: {ok} connections, {failed} failed ({})",
+        f[2]
+    );
+    assert!(ok >= 50, "the loop barely ran: {stop}");
+    assert_eq!(
+        failed, 0,
+        "NodePort connections failed across the crash: {stop}"
+    );
+
+    // The restarted manager owns the per-packet table: the Cluster NodePort goes away.
+    let yaml = nodeport_yaml(a2.ip, b1.ip, external_ip).replace(", nodePort: 30080", "");
+    svc.write("np.yaml", &yaml);
+    assert!(
+        wait_for(Duration::from_secs(10), || client
+            .cmd(&format!("tcp {ip_a} 30080"))
+            .starts_with("ERR")),
+        "{ip_a}:30080 still answers after its nodePort was removed"
+    );
+    let [backend, ..] = client.fields(&format!("tcp {ip_a} 30081"));
+    assert_eq!(backend, "a2");
 }

@@ -1,0 +1,706 @@
+//! Masquerade of pod traffic leaving the node (`masquerade` section), with ip-masq-agent
+//! semantics, in eBPF ([`eni_bpf::Masquerade`], tc on the uplinks).
+//!
+//! At start: the uplinks' addresses are read from the kernel (each link's first IPv4
+//! address), the pinned maps adopted (translations of a previous run keep working), the
+//! non-masquerade list written (before the programs are attached, so no packet ever meets
+//! an empty list), the programs attached to every configured uplink and detached from links
+//! a previous configuration listed and this one does not. With `masquerade.config_file`, a
+//! thread re-reads that ip-masq-agent file every `resync_interval_s` and updates the list
+//! diff-wise. When the section is off, programs a previous run attached are detached and
+//! the pins removed, so turning it off takes effect.
+//!
+//! The list: `nonMasqueradeCIDRs` (the file's, else `masquerade.non_masquerade_cidrs`, by
+//! default ip-masq-agent's documented list), plus `masquerade.vpc_cidrs` always, plus
+//! 169.254.0.0/16 unless `masqLinkLocal`.
+
+use std::{
+    net::Ipv4Addr,
+    path::Path,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc, Arc, Mutex,
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use anyhow::Context;
+use ipnet::Ipv4Net;
+use serde::Deserialize;
+use tracing::{info, warn};
+
+use crate::config::MasqueradeConfig;
+
+/// The network namespace of the calling thread (the manager's: where `masquerade.links`
+/// are). `thread-self`, not `self`: the namespace netlink sees too, also in a test thread
+/// that entered another namespace.
+const OWN_NETNS: &str = "/proc/thread-self/ns/net";
+
+/// An ip-masq-agent configuration file (the `config` key of its ConfigMap). Fields left out
+/// keep the manager's configured values, as ip-masq-agent keeps its defaults.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentFile {
+    /// Destinations never masqueraded.
+    #[serde(rename = "nonMasqueradeCIDRs", default)]
+    pub non_masquerade_cidrs: Option<Vec<String>>,
+    /// Masquerade link-local (169.254.0.0/16) destinations too.
+    #[serde(rename = "masqLinkLocal", default)]
+    pub masq_link_local: Option<bool>,
+    /// Accepted for compatibility; the datapath is IPv4 only.
+    #[serde(rename = "masqLinkLocalIPv6", default)]
+    pub masq_link_local_ipv6: Option<bool>,
+    /// Accepted for compatibility; `masquerade.resync_interval_s` sets the period.
+    #[serde(rename = "resyncInterval", default)]
+    pub resync_interval: Option<String>,
+}
+
+/// Reads an ip-masq-agent file: `Ok(None)` when it does not exist, an empty file is all
+/// defaults. Errors name the file and the field.
+pub fn read_agent_file(path: &Path) -> Result<Option<AgentFile>, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(format!(
+                "masquerade.config_file {}: cannot read it: {e}",
+                path.display()
+            ))
+        }
+    };
+    if text.trim().is_empty() {
+        return Ok(Some(AgentFile::default()));
+    }
+    serde_yaml::from_str(&text).map(Some).map_err(|e| {
+        format!(
+            "masquerade.config_file {}: {e} (the fields are nonMasqueradeCIDRs, masqLinkLocal, \
+             masqLinkLocalIPv6, resyncInterval)",
+            path.display()
+        )
+    })
+}
+
+/// The non-masquerade list the datapath gets from the configuration and (if any) the
+/// ip-masq-agent file. Errors name the bad entry.
+pub fn desired_list(
+    cfg: &MasqueradeConfig,
+    file: Option<&AgentFile>,
+    file_path: Option<&Path>,
+) -> Result<Vec<Ipv4Net>, String> {
+    let (cidrs, field) = match file.and_then(|f| f.non_masquerade_cidrs.as_ref()) {
+        Some(list) => (
+            list,
+            format!(
+                "masquerade.config_file {}: nonMasqueradeCIDRs",
+                file_path
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            ),
+        ),
+        None => (
+            &cfg.non_masquerade_cidrs,
+            "masquerade.non_masquerade_cidrs".to_owned(),
+        ),
+    };
+    let mut parsed = Vec::with_capacity(cidrs.len());
+    for (i, c) in cidrs.iter().enumerate() {
+        parsed.push(c.parse::<Ipv4Net>().map_err(|_| {
+            format!("{field}[{i}]: {c:?} is not an IPv4 CIDR; write it as a.b.c.d/n")
+        })?);
+    }
+    let link_local = file
+        .and_then(|f| f.masq_link_local)
+        .unwrap_or(cfg.masq_link_local);
+    let list = eni_bpf::nonmasq_list(&parsed, link_local, &cfg.parsed_vpc_cidrs());
+    if list.len() > eni_bpf::masq::MAX_NONMASQ_CIDRS {
+        return Err(format!(
+            "{field}: {} entries with the VPC and link-local ones, at most {} fit",
+            list.len(),
+            eni_bpf::masq::MAX_NONMASQ_CIDRS
+        ));
+    }
+    Ok(list)
+}
+
+/// Each configured link with the address pods are masqueraded to there: its first IPv4
+/// address (non-loopback) in the kernel's order, given the namespace's links (name, index)
+/// and addresses (index, address).
+pub fn plan_links(
+    links: &[String],
+    have: &[(String, u32)],
+    addrs: &[(u32, Ipv4Addr)],
+) -> Result<Vec<(String, Ipv4Addr)>, String> {
+    let mut out = Vec::new();
+    for (i, name) in links.iter().enumerate() {
+        let Some((_, index)) = have.iter().find(|(n, _)| n == name) else {
+            return Err(format!(
+                "masquerade.links[{i}]: no link {name:?} on this node; the links are {}",
+                have.iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        };
+        let addr = addrs
+            .iter()
+            .find(|(idx, a)| idx == index && !a.is_loopback())
+            .map(|(_, a)| *a)
+            .ok_or_else(|| {
+                format!(
+                    "masquerade.links[{i}]: {name:?} has no IPv4 address to masquerade to; \
+                     configure its address first or remove it from the list"
+                )
+            })?;
+        out.push((name.clone(), addr));
+    }
+    Ok(out)
+}
+
+fn plan_from_kernel(links: &[String]) -> anyhow::Result<Vec<(String, Ipv4Addr)>> {
+    let mut h = eni_kernel::Handle::new().context("opening netlink")?;
+    let have: Vec<(String, u32)> = h
+        .link_list()
+        .context("listing links")?
+        .into_iter()
+        .map(|l| (l.name, l.index))
+        .collect();
+    let addrs: Vec<(u32, Ipv4Addr)> = h
+        .addr_list(None)
+        .context("listing addresses")?
+        .into_iter()
+        .map(|a| (a.index, a.address.addr()))
+        .collect();
+    plan_links(links, &have, &addrs).map_err(anyhow::Error::msg)
+}
+
+/// The masquerade metrics (`eni_masquerade_*`).
+#[derive(Debug)]
+pub struct MasqueradeMetrics {
+    dp: Arc<Mutex<eni_bpf::Masquerade>>,
+    links: u64,
+    cidrs: AtomicU64,
+    resyncs: AtomicU64,
+    resync_failures: AtomicU64,
+}
+
+impl crate::metrics::MetricsSource for MasqueradeMetrics {
+    fn render(&self) -> String {
+        let mut o = String::new();
+        let mut put = |name: &str, help: &str, ty: &str, v: u64| {
+            o.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {ty}\n{name} {v}\n"
+            ));
+        };
+        put(
+            "eni_masquerade_links",
+            "Uplinks the masquerade programs are attached to.",
+            "gauge",
+            self.links,
+        );
+        put(
+            "eni_masquerade_non_masquerade_cidrs",
+            "Entries in the non-masquerade list.",
+            "gauge",
+            self.cidrs.load(Ordering::Relaxed),
+        );
+        put(
+            "eni_masquerade_resyncs_total",
+            "Re-reads of masquerade.config_file.",
+            "counter",
+            self.resyncs.load(Ordering::Relaxed),
+        );
+        put(
+            "eni_masquerade_resync_failures_total",
+            "Re-reads of masquerade.config_file that failed (the list in force was kept).",
+            "counter",
+            self.resync_failures.load(Ordering::Relaxed),
+        );
+        let counters = self.dp.lock().unwrap_or_else(|p| p.into_inner()).counters();
+        if let Ok(c) = counters {
+            for (name, help, v) in [
+                (
+                    "eni_masquerade_flows_total",
+                    "Flows given a translation.",
+                    c.new_flows,
+                ),
+                (
+                    "eni_masquerade_snat_packets_total",
+                    "Packets masqueraded at egress.",
+                    c.snat_packets,
+                ),
+                (
+                    "eni_masquerade_reverse_packets_total",
+                    "Replies translated back to pods.",
+                    c.reverse_packets,
+                ),
+                (
+                    "eni_masquerade_exempt_packets_total",
+                    "Pod packets to a non-masquerade destination.",
+                    c.exempt_packets,
+                ),
+                (
+                    "eni_masquerade_no_port_drops_total",
+                    "Packets dropped: no free port for the destination.",
+                    c.no_port_drops,
+                ),
+                (
+                    "eni_masquerade_error_drops_total",
+                    "Packets dropped: a rewrite failed.",
+                    c.error_drops,
+                ),
+                (
+                    "eni_masquerade_unsupported_packets_total",
+                    "Pod packets to outside that cannot be translated (left untranslated).",
+                    c.unsupported_packets,
+                ),
+                (
+                    "eni_masquerade_inbound_flows_total",
+                    "Flows opened from outside straight to a pod address.",
+                    c.inbound_flows,
+                ),
+            ] {
+                put(name, help, "counter", v);
+            }
+        }
+        o
+    }
+}
+
+/// The running masquerade: the resync thread and the metrics.
+#[derive(Debug)]
+pub struct MasqueradeHandle {
+    stop: mpsc::Sender<()>,
+    thread: Option<JoinHandle<()>>,
+    metrics: Arc<MasqueradeMetrics>,
+}
+
+impl MasqueradeHandle {
+    /// The metrics source to register.
+    pub fn metrics_source(&self) -> Arc<dyn crate::metrics::MetricsSource> {
+        self.metrics.clone()
+    }
+
+    /// Stops the resync thread. The programs and pins stay: pod traffic keeps being
+    /// masqueraded while the manager is down.
+    pub fn stop(mut self) {
+        let _ = self.stop.send(());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Sets masquerade up as `cfg` says, maps pinned in `pin_dir` (blocking: netlink and bpf
+/// syscalls). `None` when the section is off (after removing what a previous run left).
+pub fn start(cfg: &MasqueradeConfig, pin_dir: &Path) -> anyhow::Result<Option<MasqueradeHandle>> {
+    if !cfg.enabled {
+        disable_leftovers(pin_dir);
+        return Ok(None);
+    }
+    let links = plan_from_kernel(&cfg.links)?;
+    let file = match &cfg.config_file {
+        Some(p) => read_agent_file(p).map_err(anyhow::Error::msg)?,
+        None => None,
+    };
+    let list =
+        desired_list(cfg, file.as_ref(), cfg.config_file.as_deref()).map_err(anyhow::Error::msg)?;
+    let mut dp = eni_bpf::Masquerade::load_or_adopt(pin_dir).with_context(|| {
+        format!(
+            "loading the masquerade programs (masquerade.bpf_pin_dir {})",
+            pin_dir.display()
+        )
+    })?;
+    let changes = dp
+        .set_nonmasq_cidrs(&list)
+        .context("writing the non-masquerade list")?;
+    info!(cidrs = ?list, added = changes.added.len(), removed = changes.removed.len(), "non-masquerade list written");
+    for (name, addr) in &links {
+        let n = dp.attach(OWN_NETNS, name, *addr).with_context(|| {
+            format!("attaching the masquerade programs to masquerade.links {name}")
+        })?;
+        info!(link = %name, address = %addr, newly_attached = n, "masquerade programs attached");
+    }
+    match dp.links(OWN_NETNS) {
+        Ok(recorded) => {
+            for old in recorded {
+                let Some(name) = old.name else { continue };
+                if links.iter().any(|(n, _)| *n == name) {
+                    continue;
+                }
+                match dp.detach(OWN_NETNS, &name) {
+                    Ok(()) => {
+                        info!(link = %name, "masquerade programs detached (no longer in masquerade.links)")
+                    }
+                    Err(e) => {
+                        warn!(link = %name, error = %e, "cannot detach the masquerade programs from a link no longer configured")
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot list the links the masquerade programs were attached to")
+        }
+    }
+    let metrics = Arc::new(MasqueradeMetrics {
+        dp: Arc::new(Mutex::new(dp)),
+        links: links.len() as u64,
+        cidrs: AtomicU64::new(list.len() as u64),
+        resyncs: AtomicU64::new(0),
+        resync_failures: AtomicU64::new(0),
+    });
+    let (stop, stopped) = mpsc::channel::<()>();
+    let thread = match cfg.config_file.clone() {
+        Some(path) => {
+            let (cfg, m) = (cfg.clone(), metrics.clone());
+            let every = Duration::from_secs(cfg.resync_interval_s.max(1));
+            Some(
+                std::thread::Builder::new()
+                    .name("masq-resync".into())
+                    .spawn(move || {
+                        while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every)
+                        {
+                            resync(&cfg, &path, &m);
+                        }
+                    })
+                    .context("starting the masquerade resync thread")?,
+            )
+        }
+        None => None,
+    };
+    Ok(Some(MasqueradeHandle {
+        stop,
+        thread,
+        metrics,
+    }))
+}
+
+/// One re-read of the ip-masq-agent file; a bad file keeps the list in force.
+fn resync(cfg: &MasqueradeConfig, path: &Path, m: &MasqueradeMetrics) {
+    m.resyncs.fetch_add(1, Ordering::Relaxed);
+    let list = read_agent_file(path).and_then(|f| desired_list(cfg, f.as_ref(), Some(path)));
+    let list = match list {
+        Ok(l) => l,
+        Err(e) => {
+            m.resync_failures.fetch_add(1, Ordering::Relaxed);
+            warn!(error = %e, "masquerade: keeping the non-masquerade list in force");
+            return;
+        }
+    };
+    let mut dp = m.dp.lock().unwrap_or_else(|p| p.into_inner());
+    match dp.set_nonmasq_cidrs(&list) {
+        Ok(ch) if ch.added.is_empty() && ch.removed.is_empty() => {}
+        Ok(ch) => {
+            m.cidrs.store(list.len() as u64, Ordering::Relaxed);
+            info!(added = ?ch.added, removed = ?ch.removed, "masquerade: non-masquerade list updated");
+        }
+        Err(e) => {
+            m.resync_failures.fetch_add(1, Ordering::Relaxed);
+            warn!(error = %e, "masquerade: cannot update the non-masquerade list");
+        }
+    }
+}
+
+/// With the section off: detaches what a previous run attached and removes its pins.
+fn disable_leftovers(pin_dir: &Path) {
+    if !pin_dir.join(eni_bpf::maps::MASQ_LINKS_MAP).exists() {
+        return;
+    }
+    let mut dp = match eni_bpf::Masquerade::load_or_adopt(pin_dir) {
+        Ok(dp) => dp,
+        Err(e) => {
+            warn!(error = %e, "masquerade is off but its pins could not be opened; remove them by hand");
+            return;
+        }
+    };
+    match dp.links(OWN_NETNS) {
+        Ok(links) => {
+            for l in links {
+                if let Some(name) = l.name {
+                    match dp.detach(OWN_NETNS, &name) {
+                        Ok(()) => info!(link = %name, "masquerade is off: programs detached"),
+                        Err(e) => {
+                            warn!(link = %name, error = %e, "masquerade is off but its programs could not be detached")
+                        }
+                    }
+                }
+            }
+        }
+        Err(e) => warn!(error = %e, "masquerade is off but its links could not be listed"),
+    }
+    drop(dp);
+    if let Err(e) = eni_bpf::unpin_masq(pin_dir) {
+        warn!(error = %e, "masquerade is off but its pins could not be removed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> MasqueradeConfig {
+        MasqueradeConfig {
+            enabled: true,
+            links: vec!["eth0".into()],
+            vpc_cidrs: vec!["172.31.0.0/16".into()],
+            ..MasqueradeConfig::default()
+        }
+    }
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn default_list_is_ip_masq_agent_plus_vpc_plus_link_local() {
+        let l = desired_list(&cfg(), None, None).unwrap();
+        assert_eq!(l.len(), 13);
+        for c in eni_bpf::masq::IP_MASQ_AGENT_DEFAULT_CIDRS {
+            assert!(l.contains(&net(c)), "{c}");
+        }
+        assert!(l.contains(&net("172.31.0.0/16")));
+        assert!(l.contains(&net("169.254.0.0/16")));
+        let mut c = cfg();
+        c.masq_link_local = true;
+        assert!(!desired_list(&c, None, None)
+            .unwrap()
+            .contains(&net("169.254.0.0/16")));
+    }
+
+    #[test]
+    fn the_file_replaces_the_configured_fields_it_sets_and_the_vpc_stays() {
+        let f: AgentFile =
+            serde_yaml::from_str("nonMasqueradeCIDRs: [10.0.0.0/8]\nmasqLinkLocal: true\n")
+                .unwrap();
+        let l = desired_list(&cfg(), Some(&f), Some(Path::new("/f"))).unwrap();
+        assert_eq!(l, vec![net("10.0.0.0/8"), net("172.31.0.0/16")]);
+        // Only masqLinkLocal: the configured CIDRs stay.
+        let f: AgentFile = serde_yaml::from_str("masqLinkLocal: false\n").unwrap();
+        assert_eq!(desired_list(&cfg(), Some(&f), None).unwrap().len(), 13);
+        // An empty nonMasqueradeCIDRs list: only the VPC (and link-local).
+        let f: AgentFile = serde_yaml::from_str("nonMasqueradeCIDRs: []\n").unwrap();
+        assert_eq!(
+            desired_list(&cfg(), Some(&f), None).unwrap(),
+            vec![net("169.254.0.0/16"), net("172.31.0.0/16")]
+        );
+    }
+
+    #[test]
+    fn bad_entries_are_named() {
+        let f: AgentFile =
+            serde_yaml::from_str("nonMasqueradeCIDRs: [10.0.0.0/8, 1.2.3/24]\n").unwrap();
+        let e = desired_list(&cfg(), Some(&f), Some(Path::new("/etc/m/config"))).unwrap_err();
+        assert!(
+            e.starts_with(
+                "masquerade.config_file /etc/m/config: nonMasqueradeCIDRs[1]: \"1.2.3/24\""
+            ),
+            "{e}"
+        );
+        let mut c = cfg();
+        c.non_masquerade_cidrs = vec!["x".into()];
+        let e = desired_list(&c, None, None).unwrap_err();
+        assert!(
+            e.starts_with("masquerade.non_masquerade_cidrs[0]: \"x\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn agent_files_missing_empty_unknown_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config");
+        assert_eq!(read_agent_file(&p).unwrap(), None);
+        std::fs::write(&p, "\n").unwrap();
+        assert_eq!(read_agent_file(&p).unwrap(), Some(AgentFile::default()));
+        std::fs::write(
+            &p,
+            "nonMasqueradeCIDRs: [10.0.0.0/8]\nresyncInterval: 60s\n",
+        )
+        .unwrap();
+        assert_eq!(
+            read_agent_file(&p).unwrap().unwrap().non_masquerade_cidrs,
+            Some(vec!["10.0.0.0/8".to_owned()])
+        );
+        std::fs::write(&p, "nonMasqueradeCidrs: [10.0.0.0/8]\n").unwrap();
+        let e = read_agent_file(&p).unwrap_err();
+        assert!(
+            e.contains("masquerade.config_file") && e.contains("nonMasqueradeCidrs"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn links_get_their_first_address_and_problems_are_named() {
+        let have = vec![
+            ("lo".to_owned(), 1),
+            ("eth0".to_owned(), 2),
+            ("eth1".to_owned(), 3),
+        ];
+        let a = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let addrs = vec![
+            (1, a("127.0.0.1")),
+            (2, a("10.0.0.5")),
+            (2, a("10.0.0.6")),
+            (3, a("10.0.1.7")),
+        ];
+        let links = vec!["eth1".to_owned(), "eth0".to_owned()];
+        assert_eq!(
+            plan_links(&links, &have, &addrs).unwrap(),
+            vec![
+                ("eth1".to_owned(), a("10.0.1.7")),
+                ("eth0".to_owned(), a("10.0.0.5"))
+            ]
+        );
+        let e = plan_links(&["eth9".to_owned()], &have, &addrs).unwrap_err();
+        assert!(
+            e.starts_with("masquerade.links[0]: no link \"eth9\""),
+            "{e}"
+        );
+        let e = plan_links(&["eth0".to_owned(), "lo".to_owned()], &have, &addrs).unwrap_err();
+        assert!(
+            e.starts_with("masquerade.links[1]: \"lo\" has no IPv4 address"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn off_without_leftovers_does_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = MasqueradeConfig::default();
+        assert!(start(&c, dir.path()).unwrap().is_none());
+    }
+
+    /// As root, in a network namespace and on a bpffs this test creates: start attaches
+    /// and writes the list, the ip-masq-agent file is re-read, and turning the section
+    /// off detaches the programs and removes the pins.
+    #[test]
+    fn start_resync_and_off_in_a_test_namespace() {
+        let root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false);
+        if !root {
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), b"SKIPPED: needs root\n");
+            return;
+        }
+        struct Env {
+            ns: String,
+            bpffs: tempfile::TempDir,
+            mounted: bool,
+        }
+        impl Drop for Env {
+            fn drop(&mut self) {
+                if self.mounted {
+                    let _ = std::process::Command::new("umount")
+                        .arg(self.bpffs.path())
+                        .status();
+                }
+                let _ = std::process::Command::new("ip")
+                    .args(["netns", "del", &self.ns])
+                    .status();
+            }
+        }
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new(args[0])
+                .args(&args[1..])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let ns = format!("mqm{}", std::process::id());
+        run(&["ip", "netns", "add", &ns]);
+        let mut env = Env {
+            ns: ns.clone(),
+            bpffs: tempfile::tempdir().unwrap(),
+            mounted: false,
+        };
+        run(&[
+            "ip", "-n", &ns, "link", "add", "up0", "type", "veth", "peer", "name", "pe0",
+        ]);
+        run(&["ip", "-n", &ns, "addr", "add", "10.77.0.1/24", "dev", "up0"]);
+        run(&["ip", "-n", &ns, "link", "set", "up0", "up"]);
+        run(&[
+            "mount",
+            "-t",
+            "bpf",
+            "bpf",
+            env.bpffs.path().to_str().unwrap(),
+        ]);
+        env.mounted = true;
+        let pins = env.bpffs.path().join("pins");
+        let filedir = tempfile::tempdir().unwrap();
+        let file = filedir.path().join("agent-config");
+        let cfg = MasqueradeConfig {
+            enabled: true,
+            links: vec!["up0".into()],
+            vpc_cidrs: vec!["10.77.0.0/16".into()],
+            config_file: None, // set below, to a file that appears later
+            resync_interval_s: 1,
+            ..MasqueradeConfig::default()
+        };
+        let netns = eni_kernel::netns::NetnsFd::by_name(&ns).unwrap();
+        let pins2 = pins.clone();
+        eni_kernel::netns::run_in_netns(&netns, move || {
+            let mut c = cfg.clone();
+            c.config_file = Some(file.clone());
+            let h = start(&c, &pins2).unwrap().expect("enabled");
+            let dp = eni_bpf::Masquerade::load_or_adopt(&pins2).unwrap();
+            let links = dp.links(OWN_NETNS).unwrap();
+            assert_eq!(links.len(), 1);
+            assert_eq!(links[0].name.as_deref(), Some("up0"));
+            assert_eq!(links[0].addr, Ipv4Addr::new(10, 77, 0, 1));
+            assert_eq!(
+                dp.nonmasq_cidrs().unwrap().len(),
+                13,
+                "defaults + VPC + link-local"
+            );
+            let text = h.metrics_source().render();
+            assert!(text.contains("eni_masquerade_links 1"), "{text}");
+            assert!(
+                text.contains("eni_masquerade_non_masquerade_cidrs 13"),
+                "{text}"
+            );
+
+            // The file appears: the next resync makes it the list (plus VPC, link-local).
+            std::fs::write(&file, "nonMasqueradeCIDRs: [1.2.3.0/24]\n").unwrap();
+            let want = vec![
+                net("1.2.3.0/24"),
+                net("10.77.0.0/16"),
+                net("169.254.0.0/16"),
+            ];
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while dp.nonmasq_cidrs().unwrap() != want && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            assert_eq!(dp.nonmasq_cidrs().unwrap(), want);
+            // A broken file keeps the list in force.
+            std::fs::write(&file, "nonMasqueradeCIDRs: [nope]\n").unwrap();
+            std::thread::sleep(Duration::from_millis(2500));
+            assert_eq!(dp.nonmasq_cidrs().unwrap(), want);
+            assert!(h
+                .metrics_source()
+                .render()
+                .contains("eni_masquerade_resync_failures_total"));
+            h.stop();
+            drop(dp);
+
+            // Off: detached, pins gone.
+            let off = MasqueradeConfig::default();
+            assert!(start(&off, &pins2).unwrap().is_none());
+        })
+        .expect("enter the test namespace");
+        assert!(!pins.join(eni_bpf::maps::MASQ_LINKS_MAP).exists());
+        for dir in ["ingress", "egress"] {
+            let out = run(&[
+                "ip", "netns", "exec", &ns, "tc", "filter", "show", "dev", "up0", dir,
+            ]);
+            assert!(!out.contains("masq4"), "{dir}: {out}");
+        }
+    }
+}
