@@ -7,8 +7,8 @@
    chart supports and the newest the validator knows. The ServiceMonitor is a CRD kind with
    no bundled schema: it is skipped, by name, with a note.
 3. What the rendered objects must say for each values file (credentials wiring, mounts,
-   probes, the conflist, the manager's configuration, the Service load balancing wiring or
-   its absence); with an eni-manager binary at hand (ENI_MANAGER_BIN or
+   probes, the conflist, the manager's configuration, the Service load balancing, policy and
+   masquerade wiring or its absence); with an eni-manager binary at hand (ENI_MANAGER_BIN or
    target/debug/eni-manager), `eni-manager --check-config` on each rendered configuration,
    with the environment the downward API gives.
 4. Rendering without the required values (and with values that cannot work) fails with a
@@ -222,11 +222,14 @@ def semantics(values_file: Path) -> None:
     cfg = yaml.safe_load(cm["data"]["config.yaml"])
     svc_on = bool(values.get("services", {}).get("enabled", False))
     pol_on = bool(values.get("policy", {}).get("enabled", False))
+    masq_on = bool(values.get("masquerade", {}).get("enabled", False))
     sections = ({"cloud", "cluster", "network", "pool", "gc", "daemon"}
-                | ({"services"} if svc_on else set()) | ({"policy"} if pol_on else set()))
+                | ({"services"} if svc_on else set()) | ({"policy"} if pol_on else set())
+                | ({"masquerade"} if masq_on else set()))
     assert set(cfg) == sections, set(cfg)
     services_wiring(values, ds, cm, cfg)
     policy_wiring(values, ds, cm, cfg)
+    masquerade_wiring(values, ds, cm, cfg)
     want_creds = {"aliyun": "ram_role" if source == "ramRole" else "env", "aws": "chain"}[provider]
     assert cfg["cloud"]["credentials"] == want_creds, cfg["cloud"]["credentials"]
     assert cfg["cluster"]["id"] == values["config"]["cluster"]["id"]
@@ -271,6 +274,15 @@ def semantics(values_file: Path) -> None:
                 got = yaml.safe_load(r.stdout)["policy"]
                 diff = {k: (got.get(k), v) for k, v in cfg["policy"].items() if got.get(k) != v}
                 assert not diff, f"eni-manager --check-config policy (got, want): {diff}"
+            if masq_on:
+                # Every rendered key as the manager reads it; a list left out is the
+                # manager's default (ip-masq-agent's), and the pins go where the others' do.
+                got = yaml.safe_load(r.stdout)["masquerade"]
+                diff = {k: (got.get(k), v) for k, v in cfg["masquerade"].items()
+                        if got.get(k) != v}
+                assert not diff, f"eni-manager --check-config masquerade (got, want): {diff}"
+                if "non_masquerade_cidrs" not in cfg["masquerade"]:
+                    assert got["non_masquerade_cidrs"] == IP_MASQ_AGENT_DEFAULT, got
     else:
         why = STALE_NOTE or "no eni-manager binary (build it or set ENI_MANAGER_BIN)"
         print(f"     note: {values_file.name}: {why}; the rendered config was not checked "
@@ -307,21 +319,26 @@ def services_wiring(values: dict, ds: dict, cm: dict, cfg: dict) -> None:
         assert "services" not in cfg, "services section rendered while services.enabled is false"
         # policy.enabled brings the bpffs (and its init container) on its own; see
         # policy_wiring.
+        # So does masquerade.enabled; see masquerade_wiring.
         pol = values.get("policy", {})
+        masq = values.get("masquerade", {})
         pol_on = bool(pol.get("enabled", False))
-        bpf_vols = {"bpffs"} if pol_on else set()
+        masq_on = bool(masq.get("enabled", False))
+        bpf_vols = {"bpffs"} if (pol_on or masq_on) else set()
         if pol_on and pol.get("source", "kubernetes") == "files":
             bpf_vols.add("policy-files")
+        if masq_on and masq.get("configMap"):
+            bpf_vols.add("masquerade-config")
         host_paths = {v["hostPath"]["path"] for k, v in vols.items()
                       if "hostPath" in v and k not in bpf_vols}
         assert not {p for p in host_paths if p.startswith(("/sys", "/proc"))}, host_paths
         assert set(vols) == {"config", "cni-files", "run-dir", "state-dir", "netns-dir",
                              "cni-bin-dir", "cni-conf-dir"} | bpf_vols, set(vols)
-        assert inits == ["install-cni"] + (["mount-bpffs"] if pol_on else []), inits
+        assert inits == ["install-cni"] + (["mount-bpffs"] if pol_on or masq_on else []), inits
         assert not [n for n in env if n.startswith("ENI_MANAGER__SERVICES__")
                     or n.startswith("KUBERNETES_SERVICE_")], sorted(env)
-        assert pol_on or "mount-bpffs.sh" not in cm["data"], \
-            "mount-bpffs.sh rendered while services and policy are off"
+        assert pol_on or masq_on or "mount-bpffs.sh" not in cm["data"], \
+            "mount-bpffs.sh rendered while services, policy and masquerade are off"
         return
     source = svc.get("source", "kubernetes")
     host_bpffs = bpf.get("hostBpffs", "/sys/fs/bpf")
@@ -427,6 +444,68 @@ def policy_wiring(values: dict, ds: dict, cm: dict, cfg: dict) -> None:
     else:
         assert "dir" not in pc, "policy.dir is only for the files source"
         assert "policy-files" not in vols
+
+
+# ip-masq-agent's documented nonMasqueradeCIDRs, the manager's default
+# (eni_bpf::masq::IP_MASQ_AGENT_DEFAULT_CIDRS).
+IP_MASQ_AGENT_DEFAULT = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
+                         "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "198.18.0.0/15",
+                         "198.51.100.0/24", "203.0.113.0/24", "240.0.0.0/4"]
+
+
+def masquerade_wiring(values: dict, ds: dict, cm: dict, cfg: dict) -> None:
+    """masquerade.enabled: the manager's `masquerade` section has exactly the keys the values
+    give (pins in bpf.pinDir, next to the services' and policy's), on the node's bpffs
+    (mounted Bidirectional, with the mount-bpffs init container); with masquerade.configMap
+    the ip-masq-agent ConfigMap is mounted read-only as a directory (not a subPath: updates
+    reach it), optional, and config_file is in it. Disabled: none of it."""
+    masq = values.get("masquerade", {})
+    bpf = values.get("bpf", {})
+    spec = ds["spec"]["template"]["spec"]
+    mgr = container(ds, "eni-manager")
+    vols = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["mountPath"]: m for m in mgr["volumeMounts"]}
+    if not masq.get("enabled", False):
+        assert "masquerade" not in cfg, "masquerade section rendered while masquerade.enabled is false"
+        assert "masquerade-config" not in vols
+        return
+    host_bpffs = bpf.get("hostBpffs", "/sys/fs/bpf")
+    pin_dir = bpf.get("pinDir", "/sys/fs/bpf/eni-net")
+    mc = cfg["masquerade"]
+    want = {"enabled": True, "links": masq["links"], "vpc_cidrs": masq["vpcCidrs"],
+            "masq_link_local": bool(masq.get("masqLinkLocal", False)), "bpf_pin_dir": pin_dir}
+    if masq.get("nonMasqueradeCidrs"):
+        want["non_masquerade_cidrs"] = masq["nonMasqueradeCidrs"]
+    if masq.get("configMap"):
+        want["config_file"] = mc.get("config_file")
+        want["resync_interval_s"] = masq.get("resyncIntervalSeconds", 60)
+    assert mc == want, f"masquerade section (got, want): {mc} != {want}"
+    for section in ("services", "policy"):
+        if section in cfg:
+            assert cfg[section]["bpf_pin_dir"] == mc["bpf_pin_dir"], f"{section} pins elsewhere"
+    bpffs_mount = mounts.get(host_bpffs)
+    assert bpffs_mount, f"manager lacks the bpffs mount {host_bpffs}"
+    assert bpffs_mount.get("mountPropagation") == "Bidirectional", bpffs_mount
+    assert pin_dir.startswith(host_bpffs + "/"), "pin dir not on the mounted bpffs"
+    assert vols[bpffs_mount["name"]]["hostPath"] == {"path": host_bpffs, "type": "DirectoryOrCreate"}
+    assert "mount-bpffs" in [c["name"] for c in spec["initContainers"]]
+    items = {i["key"] for i in vols["cni-files"]["configMap"]["items"]}
+    assert "mount-bpffs.sh" in items and "mount-bpffs.sh" in cm["data"], "mount-bpffs.sh not mounted"
+    if masq.get("configMap"):
+        key = masq.get("configMapKey", "config")
+        cfg_file = Path(mc["config_file"])
+        assert cfg_file.name == key, f"config_file {cfg_file} does not name the key {key}"
+        mount = mounts.get(str(cfg_file.parent))
+        assert mount, f"masquerade.config_file's directory {cfg_file.parent} is not mounted"
+        assert mount.get("readOnly") is True and "subPath" not in mount, mount
+        vol = vols[mount["name"]]
+        assert vol == {"name": mount["name"], "configMap": {"name": masq["configMap"],
+                                                             "optional": True}}, vol
+        for c in spec["containers"] + spec["initContainers"]:
+            if c["name"] != "eni-manager":
+                assert mount["name"] not in {m["name"] for m in c["volumeMounts"]}, c["name"]
+    else:
+        assert "masquerade-config" not in vols
 
 
 def policy_rbac() -> None:
@@ -535,6 +614,48 @@ def bad_combinations() -> None:
                  "policy.configMap is required when policy.source is files")
     render_fails(with_({"policy.enabled": True, "policy.configMap": "pol"}),
                  'policy.configMap "pol" is only read with policy.source files')
+    # Masquerade: the chart owns the section; each bad value is named with its fix.
+    render_fails(with_({"config.masquerade": {"enabled": True}}),
+                 "config.masquerade is set by the chart", "use masquerade.enabled")
+    render_fails(with_({"extraEnv": [{"name": "ENI_MANAGER__MASQUERADE__VPC_CIDRS",
+                                      "value": "[10.0.0.0/8]"}]}),
+                 "extraEnv ENI_MANAGER__MASQUERADE__VPC_CIDRS: the masquerade section is set by "
+                 "the chart", "use the masquerade.* and bpf.* values")
+    masq = {"masquerade.enabled": True, "masquerade.links": ["eth0"],
+            "masquerade.vpcCidrs": ["192.168.0.0/16"]}
+    render_fails(with_(dict(masq, **{"masquerade.vpcCidrs": []})),
+                 "1 problem(s)", "masquerade.vpcCidrs is required when masquerade.enabled",
+                 "the VPC's IPv4 CIDR blocks", "like [172.16.0.0/12]")
+    render_fails(with_({"masquerade.enabled": True}), "2 problem(s)",
+                 "masquerade.links is required when masquerade.enabled", "like [eth0, eth1]",
+                 "masquerade.vpcCidrs is required")
+    render_fails(with_(dict(masq, **{"masquerade.links": ["eth0", "bad/name", "eth0"]})),
+                 "2 problem(s)", 'masquerade.links: "bad/name" is not an interface name',
+                 'masquerade.links: "eth0" is listed twice')
+    render_fails(with_(dict(masq, **{"masquerade.links": "eth0"})),
+                 "masquerade.links must be a list of interface names")
+    render_fails(with_(dict(masq, **{"masquerade.vpcCidrs": ["192.168.0.0/33"],
+                                     "masquerade.nonMasqueradeCidrs": ["10.0.0.0/8", "nope"]})),
+                 "2 problem(s)", 'masquerade.vpcCidrs: "192.168.0.0/33" is not an IPv4 CIDR',
+                 'masquerade.nonMasqueradeCidrs: "nope" is not an IPv4 CIDR',
+                 "write it as a.b.c.d/n")
+    render_fails(with_(dict(masq, **{"masquerade.nonMasqueradeCidrs": "10.0.0.0/8"})),
+                 "masquerade.nonMasqueradeCidrs must be a list of IPv4 CIDRs")
+    render_fails(with_(dict(masq, **{"masquerade.nonMasqueradeCidrs":
+                                     [f"10.{i // 256}.{i % 256}.0/24" for i in range(1024)]})),
+                 "masquerade.nonMasqueradeCidrs: 1026 entries", "at most 1024 fit")
+    render_fails(with_(dict(masq, **{"masquerade.masqLinkLocal": "yes"})),
+                 "masquerade.masqLinkLocal yes: use true or false")
+    render_fails(with_(dict(masq, **{"masquerade.configMap": "ip-masq-agent",
+                                     "masquerade.configMapKey": "../config",
+                                     "masquerade.resyncIntervalSeconds": 0})),
+                 "2 problem(s)", 'masquerade.configMapKey "../config"', "like config",
+                 "masquerade.resyncIntervalSeconds 0: give whole seconds, at least 1")
+    # A masquerade that would pin off the node's bpffs is refused like the others.
+    render_fails(with_(dict(masq, **{"bpf.pinDir": "/run/eni-net/bpf"})),
+                 'bpf.pinDir "/run/eni-net/bpf" must be a directory under bpf.hostBpffs')
+    # Off, nothing of it is checked (nor rendered: see masquerade_wiring).
+    render(with_({"masquerade.enabled": False, "masquerade.links": "eth0"}))
     # Several at once, each named (like the other problems).
     render_fails(with_({"services.enabled": True, "services.source": "files",
                         "services.cgroupRoot": "", "bpf.pinDir": "/tmp/pins"}),

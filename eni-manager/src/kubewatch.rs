@@ -9,6 +9,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use ::kube::config::{KubeConfigOptions, Kubeconfig};
 use ::kube::runtime::watcher::{self, watcher, Event};
@@ -278,4 +280,66 @@ where
                 Err(e) => Some(Err(e)),
             }
         })
+}
+
+/// The counters one watched kind feeds.
+#[derive(Debug, Clone, Copy)]
+pub struct KindCounters<'a> {
+    /// Objects listed or changed.
+    pub events: &'a AtomicU64,
+    /// Lists completed.
+    pub lists: &'a AtomicU64,
+    /// Failed lists and watches (410 Gone included).
+    pub watch_errors: &'a AtomicU64,
+}
+
+/// Applies one watcher item to `kind`, counting it; `true` when the store changed. A list
+/// or watch error is logged (a 410 Gone as the re-list it leads to) and changes nothing:
+/// the watcher retries with backoff and `keeps` (what the source keeps serving meanwhile,
+/// e.g. "the current services") says so in the log. A stream that ends is an error.
+pub fn on_item<T: Object + Clone>(
+    kind: &mut Kind<T>,
+    item: Option<Item<T>>,
+    counters: KindCounters<'_>,
+    keeps: &str,
+) -> Result<bool, KubeSourceError> {
+    match item {
+        None => Err(KubeSourceError::WatchEnded { kind: T::KIND }),
+        Some(Ok(ev)) => {
+            match &ev {
+                Event::InitApply(_) | Event::Apply(_) | Event::Delete(_) => {
+                    counters.events.fetch_add(1, Ordering::Relaxed);
+                }
+                Event::InitDone => {
+                    counters.lists.fetch_add(1, Ordering::Relaxed);
+                }
+                Event::Init => {
+                    if kind.synced() {
+                        info!(kind = T::KIND, "watch restarted; re-listing");
+                    }
+                }
+            }
+            Ok(kind.apply(ev))
+        }
+        Some(Err(e)) => {
+            counters.watch_errors.fetch_add(1, Ordering::Relaxed);
+            match &e {
+                watcher::Error::WatchError(status) if status.code == 410 => {
+                    info!(kind = T::KIND, message = %status.message, "watch expired (410 Gone); re-listing");
+                }
+                _ => {
+                    warn!(kind = T::KIND, error = %e, "list/watch failed; retrying with backoff ({keeps} stay)");
+                }
+            }
+            Ok(false)
+        }
+    }
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+pub async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
 }

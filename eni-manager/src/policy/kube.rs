@@ -20,17 +20,18 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use ::kube::runtime::watcher::{self, Event};
 use ::kube::{Api, Client};
 use eni_policy::types::{Namespace, NetworkPolicy, Pod};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace as ApiNamespace;
 use k8s_openapi::api::core::v1::Pod as ApiPod;
 use k8s_openapi::api::networking::v1::NetworkPolicy as ApiNetworkPolicy;
-use tracing::{info, warn};
+use tracing::info;
 
 use super::files::Objects;
-use crate::kubewatch::{watch, watch_kept, Item, Kind, KubeSourceError, Object, ObjectKey};
+use crate::kubewatch::{
+    on_item, sleep_until, watch, watch_kept, Kind, KindCounters, KubeSourceError, Object, ObjectKey,
+};
 
 /// Coalescing window: the first change after a hand-over waits this long for the rest of
 /// its burst.
@@ -188,50 +189,12 @@ impl Default for KubeOptions {
     }
 }
 
-/// Applies one item of kind `idx` to `kind`; `true` when the store changed.
-fn on_item<T: Object + Clone>(
-    kind: &mut Kind<T>,
-    idx: usize,
-    item: Option<Item<T>>,
-    stats: &PolicyKubeStats,
-) -> Result<bool, KubeSourceError> {
-    match item {
-        None => Err(KubeSourceError::WatchEnded { kind: T::KIND }),
-        Some(Ok(ev)) => {
-            match &ev {
-                Event::InitApply(_) | Event::Apply(_) | Event::Delete(_) => {
-                    stats.events[idx].fetch_add(1, Ordering::Relaxed);
-                }
-                Event::InitDone => {
-                    stats.lists[idx].fetch_add(1, Ordering::Relaxed);
-                }
-                Event::Init => {
-                    if kind.synced() {
-                        info!(kind = T::KIND, "watch restarted; re-listing");
-                    }
-                }
-            }
-            Ok(kind.apply(ev))
-        }
-        Some(Err(e)) => {
-            stats.watch_errors[idx].fetch_add(1, Ordering::Relaxed);
-            match &e {
-                watcher::Error::WatchError(status) if status.code == 410 => {
-                    info!(kind = T::KIND, message = %status.message, "watch expired (410 Gone); re-listing");
-                }
-                _ => {
-                    warn!(kind = T::KIND, error = %e, "list/watch failed; retrying with backoff (the current policies stay)");
-                }
-            }
-            Ok(false)
-        }
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(t) => tokio::time::sleep_until(t.into()).await,
-        None => std::future::pending().await,
+/// The counters of kind `idx`.
+fn counters(stats: &PolicyKubeStats, idx: usize) -> KindCounters<'_> {
+    KindCounters {
+        events: &stats.events[idx],
+        lists: &stats.lists[idx],
+        watch_errors: &stats.watch_errors[idx],
     }
 }
 
@@ -272,9 +235,9 @@ where
         };
         let changed = tokio::select! {
             () = &mut stop => return Ok(()),
-            item = policies.next() => on_item(&mut store.policies, 0, item, stats)?,
-            item = pods.next() => on_item(&mut store.pods, 1, item, stats)?,
-            item = namespaces.next() => on_item(&mut store.namespaces, 2, item, stats)?,
+            item = policies.next() => on_item(&mut store.policies, item, counters(stats, 0), "the current policies")?,
+            item = pods.next() => on_item(&mut store.pods, item, counters(stats, 1), "the current policies")?,
+            item = namespaces.next() => on_item(&mut store.namespaces, item, counters(stats, 2), "the current policies")?,
             () = sleep_until(deadline) => {
                 dirty_since = None;
                 stats.handovers.fetch_add(1, Ordering::Relaxed);
@@ -306,6 +269,7 @@ where
 mod tests {
     use super::*;
     use crate::kubewatch::reduce;
+    use ::kube::runtime::watcher::Event;
 
     #[test]
     fn api_objects_reduce_to_the_compilers_types() {

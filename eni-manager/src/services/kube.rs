@@ -23,7 +23,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use ::kube::runtime::watcher::{self, Event};
+use ::kube::runtime::watcher::Event;
 use ::kube::{Api, Client};
 use eni_bpf::{DatapathMaps, ServiceKey, ServiceSpec};
 use futures::StreamExt;
@@ -31,7 +31,7 @@ use k8s_openapi::api::core::v1::Service as ApiService;
 use k8s_openapi::api::discovery::v1::EndpointSlice as ApiEndpointSlice;
 use tracing::{info, info_span, warn};
 
-use crate::kubewatch::{watch, Item};
+use crate::kubewatch::{on_item, sleep_until, watch, KindCounters};
 #[cfg(test)]
 use {super::types::ObjectMeta, crate::kubewatch::reduce};
 
@@ -239,50 +239,12 @@ impl Default for KubeOptions {
     }
 }
 
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(t) => tokio::time::sleep_until(t.into()).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Applies one item of kind `idx` to `kind`; `true` when the store changed.
-fn on_item<T: Object + Clone>(
-    kind: &mut Kind<T>,
-    idx: usize,
-    item: Option<Item<T>>,
-    stats: &KubeStats,
-) -> Result<bool, KubeSourceError> {
-    match item {
-        None => Err(KubeSourceError::WatchEnded { kind: T::KIND }),
-        Some(Ok(ev)) => {
-            match &ev {
-                Event::InitApply(_) | Event::Apply(_) | Event::Delete(_) => {
-                    stats.events[idx].fetch_add(1, Ordering::Relaxed);
-                }
-                Event::InitDone => {
-                    stats.lists[idx].fetch_add(1, Ordering::Relaxed);
-                }
-                Event::Init => {
-                    if kind.synced() {
-                        info!(kind = T::KIND, "watch restarted; re-listing");
-                    }
-                }
-            }
-            Ok(kind.apply(ev))
-        }
-        Some(Err(e)) => {
-            stats.watch_errors[idx].fetch_add(1, Ordering::Relaxed);
-            match &e {
-                watcher::Error::WatchError(status) if status.code == 410 => {
-                    info!(kind = T::KIND, message = %status.message, "watch expired (410 Gone); re-listing");
-                }
-                _ => {
-                    warn!(kind = T::KIND, error = %e, "list/watch failed; retrying with backoff (the current services stay)");
-                }
-            }
-            Ok(false)
-        }
+/// The counters of kind `idx`.
+fn counters(stats: &KubeStats, idx: usize) -> KindCounters<'_> {
+    KindCounters {
+        events: &stats.events[idx],
+        lists: &stats.lists[idx],
+        watch_errors: &stats.watch_errors[idx],
     }
 }
 
@@ -336,7 +298,7 @@ where
                 if let Some(Ok(ev)) = &item {
                     tracker.service_event(ev);
                 }
-                on_item(&mut store.services, 0, item, stats)?
+                on_item(&mut store.services, item, counters(stats, 0), "the current services")?
             }
             item = slices.next() => {
                 if let Some(Ok(ev)) = &item {
@@ -346,7 +308,7 @@ where
                     };
                     tracker.slice_event(ev, old);
                 }
-                on_item(&mut store.slices, 1, item, stats)?
+                on_item(&mut store.slices, item, counters(stats, 1), "the current services")?
             }
             () = sleep_until(deadline) => {
                 let span = info_span!("reconcile", source = "kubernetes");

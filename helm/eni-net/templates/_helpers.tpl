@@ -254,6 +254,75 @@ values that cannot work.
 {{- $p = append $p (printf "policy.configMap %q is only read with policy.source files; remove it, or set policy.source files" $pol.configMap) }}
 {{- end }}
 {{- end }}
+{{- /* Masquerade (masquerade.*): the chart owns the manager's `masquerade` section. */}}
+{{- $masq := $v.masquerade | default dict }}
+{{- $cidrRe := "^((25[0-5]|2[0-4][0-9]|1?[0-9]?[0-9])[.]){3}(25[0-5]|2[0-4][0-9]|1?[0-9]?[0-9])/([0-9]|[12][0-9]|3[0-2])$" }}
+{{- if hasKey $v.config "masquerade" }}
+{{- $p = append $p "config.masquerade is set by the chart (its pin directory and file must match the DaemonSet's mounts); use masquerade.enabled, masquerade.links, masquerade.vpcCidrs, masquerade.nonMasqueradeCidrs, masquerade.masqLinkLocal, masquerade.configMap and bpf.pinDir instead" }}
+{{- end }}
+{{- range $e := ($v.extraEnv | default list) }}
+{{- if and (kindIs "map" $e) (hasPrefix "ENI_MANAGER__MASQUERADE__" (toString $e.name)) }}
+{{- $p = append $p (printf "extraEnv %s: the masquerade section is set by the chart; use the masquerade.* and bpf.* values instead" $e.name) }}
+{{- end }}
+{{- end }}
+{{- if $masq.enabled }}
+{{- $links := $masq.links | default list }}
+{{- if not (kindIs "slice" $links) }}
+{{- $p = append $p (printf "masquerade.links must be a list of interface names, like [eth0, eth1] (got %v)" $links) }}
+{{- else if not $links }}
+{{- $p = append $p "masquerade.links is required when masquerade.enabled: the node's uplinks pod traffic leaves through (the primary NIC and the secondary ENIs' links), like [eth0, eth1]" }}
+{{- else }}
+{{- $seen := list }}
+{{- range $l := $links }}
+{{- if not (regexMatch "^[A-Za-z0-9_.-]{1,15}$" (toString $l)) }}
+{{- $p = append $p (printf "masquerade.links: %q is not an interface name (1-15 letters, digits, '_', '.' or '-'); use the name `ip link` shows on the node" $l) }}
+{{- else if has (toString $l) $seen }}
+{{- $p = append $p (printf "masquerade.links: %q is listed twice; remove one" $l) }}
+{{- end }}
+{{- $seen = append $seen (toString $l) }}
+{{- end }}
+{{- end }}
+{{- $vpc := $masq.vpcCidrs | default list }}
+{{- $nonMasq := $masq.nonMasqueradeCidrs | default list }}
+{{- if not (kindIs "slice" $vpc) }}
+{{- $p = append $p (printf "masquerade.vpcCidrs must be a list of IPv4 CIDRs, like [172.16.0.0/12] (got %v)" $vpc) }}
+{{- $vpc = list }}
+{{- else if not $vpc }}
+{{- $p = append $p "masquerade.vpcCidrs is required when masquerade.enabled: the VPC's IPv4 CIDR blocks (the VPC console, or the metadata service's vpc-cidr-block; vpc-ipv4-cidr-blocks on AWS), like [172.16.0.0/12], so traffic inside the VPC keeps the pod's address" }}
+{{- end }}
+{{- if not (kindIs "slice" $nonMasq) }}
+{{- $p = append $p (printf "masquerade.nonMasqueradeCidrs must be a list of IPv4 CIDRs, like [10.0.0.0/8], or empty for ip-masq-agent's default list (got %v)" $nonMasq) }}
+{{- $nonMasq = list }}
+{{- end }}
+{{- range $c := $vpc }}
+{{- if not (regexMatch $cidrRe (toString $c)) }}
+{{- $p = append $p (printf "masquerade.vpcCidrs: %q is not an IPv4 CIDR; write it as a.b.c.d/n, like 172.16.0.0/12" $c) }}
+{{- end }}
+{{- end }}
+{{- range $c := $nonMasq }}
+{{- if not (regexMatch $cidrRe (toString $c)) }}
+{{- $p = append $p (printf "masquerade.nonMasqueradeCidrs: %q is not an IPv4 CIDR; write it as a.b.c.d/n, like 10.0.0.0/8" $c) }}
+{{- end }}
+{{- end }}
+{{- /* The manager's limit: the list plus the VPC's blocks plus link-local, 1024 entries
+(its default list has 11). */}}
+{{- $total := add (ternary (len $nonMasq) 11 (gt (len $nonMasq) 0)) (len $vpc) 1 }}
+{{- if gt (int $total) 1024 }}
+{{- $p = append $p (printf "masquerade.nonMasqueradeCidrs: %d entries with masquerade.vpcCidrs and the link-local one, at most 1024 fit; merge adjacent ranges" (int $total)) }}
+{{- end }}
+{{- if not (kindIs "bool" ($masq.masqLinkLocal | default false)) }}
+{{- $p = append $p (printf "masquerade.masqLinkLocal %v: use true or false" $masq.masqLinkLocal) }}
+{{- end }}
+{{- if $masq.configMap }}
+{{- $key := toString ($masq.configMapKey | default "") }}
+{{- if or (not (regexMatch "^[-._A-Za-z0-9]+$" $key)) (has $key (list "." "..")) }}
+{{- $p = append $p (printf "masquerade.configMapKey %q: give the ConfigMap key holding the ip-masq-agent file (letters, digits, '-', '_' or '.'), like config" $key) }}
+{{- end }}
+{{- if not (regexMatch "^[1-9][0-9]*$" (toString ($masq.resyncIntervalSeconds | default 0))) }}
+{{- $p = append $p (printf "masquerade.resyncIntervalSeconds %v: give whole seconds, at least 1, like 60" $masq.resyncIntervalSeconds) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- if $p }}
 {{- fail (printf "\n\neni-net: %d problem(s) in the values:\n  - %s\n" (len $p) (join "\n  - " $p)) }}
 {{- end }}
@@ -332,6 +401,36 @@ policy:
   bpf_pin_dir: {{ $.Values.bpf.pinDir }}
 {{- end }}
 {{- end }}
+{{- with .Values.masquerade }}
+{{- if .enabled }}
+# eBPF masquerade (docs/network-policy.md, Masquerade): maps pinned next to the services'
+# (bpf.pinDir); an empty non_masquerade_cidrs is left out for ip-masq-agent's default list.
+masquerade:
+  enabled: true
+  links: {{ .links | toJson }}
+  vpc_cidrs: {{ .vpcCidrs | toJson }}
+  {{- with .nonMasqueradeCidrs }}
+  non_masquerade_cidrs: {{ . | toJson }}
+  {{- end }}
+  masq_link_local: {{ .masqLinkLocal | default false }}
+  {{- if .configMap }}
+  config_file: {{ include "eni-net.masqueradeFile" $ }}
+  resync_interval_s: {{ int .resyncIntervalSeconds }}
+  {{- end }}
+  bpf_pin_dir: {{ $.Values.bpf.pinDir }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Where the manager sees the ip-masq-agent ConfigMap (masquerade.configMap): the whole
+ConfigMap as a directory, not a subPath, so the kubelet's updates reach the file. */}}
+{{- define "eni-net.masqueradeDir" -}}
+/etc/eni-net/masquerade
+{{- end }}
+
+{{/* The ip-masq-agent file the manager re-reads (masquerade.config_file). */}}
+{{- define "eni-net.masqueradeFile" -}}
+{{- printf "%s/%s" (include "eni-net.masqueradeDir" .) .Values.masquerade.configMapKey }}
 {{- end }}
 
 {{/* Where the manager sees the policy ConfigMap (policy.source files). */}}
