@@ -13,6 +13,7 @@
 //! datapath never sees half a rule set.
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     fs::{self, File},
     net::Ipv4Addr,
     os::unix::fs::MetadataExt,
@@ -187,7 +188,15 @@ pub struct PolicyDatapath {
     rules: LpmTrie<MapData, PolRuleKey, PolRuleVal>,
     ct: HashMap<MapData, PolCtKey, PolCtVal>,
     stats: HashMap<MapData, u32, PolStats>,
+    /// Each pod's `pol_rules` keys as (prefix length, data), so writing one pod does not
+    /// scan every pod's rules. Built by one scan the first time it is needed (adopting what
+    /// a previous run wrote) and kept in step with each write; dropped after a failed
+    /// write, to be rebuilt from the map. Only the manager writes these maps.
+    index: Option<RuleIndex>,
 }
+
+/// Pod address -> its `pol_rules` keys as (prefix length, data).
+type RuleIndex = BTreeMap<u32, BTreeSet<(u32, PolRuleKey)>>;
 
 fn map_err(map: &'static str, op: &'static str) -> impl Fn(MapError) -> PolicyError {
     move |e| BpfError::map(map, op, e).into()
@@ -297,6 +306,7 @@ impl PolicyDatapath {
             rules: take(&mut bpf, POL_RULES_MAP)?,
             ct: take(&mut bpf, POL_CT_MAP)?,
             stats: take(&mut bpf, POL_STATS_MAP)?,
+            index: None,
             pin_dir,
         })
     }
@@ -309,6 +319,7 @@ impl PolicyDatapath {
             rules: open_pinned(&pin_dir, POL_RULES_MAP)?,
             ct: open_pinned(&pin_dir, POL_CT_MAP)?,
             stats: open_pinned(&pin_dir, POL_STATS_MAP)?,
+            index: None,
             pin_dir,
         })
     }
@@ -318,21 +329,47 @@ impl PolicyDatapath {
         &self.pin_dir
     }
 
-    fn rule_keys(&self, pod: u32, slot: Option<u8>) -> Result<Vec<Key<PolRuleKey>>, PolicyError> {
-        let mut out = Vec::new();
-        for k in self.rules.keys() {
-            let k = k.map_err(map_err(POL_RULES_MAP, "iterate"))?;
-            let d = k.data();
-            if d.pod_ip == pod && slot.is_none_or(|s| d.slot == s) {
-                out.push(k);
+    fn index(&mut self) -> Result<&mut RuleIndex, PolicyError> {
+        if self.index.is_none() {
+            let mut index = RuleIndex::new();
+            for k in self.rules.keys() {
+                let k = k.map_err(map_err(POL_RULES_MAP, "iterate"))?;
+                let d = k.data();
+                index
+                    .entry(d.pod_ip)
+                    .or_default()
+                    .insert((k.prefix_len(), d));
             }
+            self.index = Some(index);
         }
-        Ok(out)
+        Ok(self.index.as_mut().expect("built above"))
     }
 
-    fn delete_rules(&mut self, keys: &[Key<PolRuleKey>]) -> Result<(), PolicyError> {
-        for k in keys {
-            absent_is_none(self.rules.remove(k)).map_err(map_err(POL_RULES_MAP, "delete"))?;
+    fn rule_keys(
+        &mut self,
+        pod: u32,
+        slot: Option<u8>,
+    ) -> Result<Vec<(u32, PolRuleKey)>, PolicyError> {
+        Ok(self
+            .index()?
+            .get(&pod)
+            .into_iter()
+            .flatten()
+            .filter(|(_, d)| slot.is_none_or(|s| d.slot == s))
+            .copied()
+            .collect())
+    }
+
+    fn delete_rules(&mut self, keys: &[(u32, PolRuleKey)]) -> Result<(), PolicyError> {
+        for &(prefix, data) in keys {
+            absent_is_none(self.rules.remove(&Key::new(prefix, data)))
+                .map_err(map_err(POL_RULES_MAP, "delete"))?;
+            if let Some(set) = self.index.as_mut().and_then(|i| i.get_mut(&data.pod_ip)) {
+                set.remove(&(prefix, data));
+                if set.is_empty() {
+                    self.index.as_mut().map(|i| i.remove(&data.pod_ip));
+                }
+            }
         }
         Ok(())
     }
@@ -341,6 +378,14 @@ impl PolicyDatapath {
     /// new rules still allow keep going, the others are cut at their next packet.
     /// Validates everything before any map is touched.
     pub fn write_pod(&mut self, rules: &PodRules) -> Result<(), PolicyError> {
+        let r = self.write_pod_inner(rules);
+        if r.is_err() {
+            self.index = None;
+        }
+        r
+    }
+
+    fn write_pod_inner(&mut self, rules: &PodRules) -> Result<(), PolicyError> {
         let pod = ip_to_map(rules.ip);
         let old =
             absent_is_none(self.pods.get(&pod, 0)).map_err(map_err(POL_PODS_MAP, "lookup"))?;
@@ -354,6 +399,10 @@ impl PolicyDatapath {
             self.rules
                 .insert(k, v, 0)
                 .map_err(map_err(POL_RULES_MAP, "update"))?;
+            self.index()?
+                .entry(pod)
+                .or_default()
+                .insert((k.prefix_len(), k.data()));
         }
         let rev = match old {
             Some(o) => o.rev.wrapping_add(1),
@@ -391,6 +440,14 @@ impl PolicyDatapath {
     /// Removes a pod's entry (its links then drop everything), rules, counters and
     /// conntrack entries. Idempotent.
     pub fn remove_pod(&mut self, ip: Ipv4Addr) -> Result<(), PolicyError> {
+        let r = self.remove_pod_inner(ip);
+        if r.is_err() {
+            self.index = None;
+        }
+        r
+    }
+
+    fn remove_pod_inner(&mut self, ip: Ipv4Addr) -> Result<(), PolicyError> {
         let pod = ip_to_map(ip);
         absent_is_none(self.pods.remove(&pod)).map_err(map_err(POL_PODS_MAP, "delete"))?;
         let keys = self.rule_keys(pod, None)?;
@@ -406,6 +463,17 @@ impl PolicyDatapath {
             absent_is_none(self.ct.remove(&k)).map_err(map_err(POL_CT_MAP, "delete"))?;
         }
         Ok(())
+    }
+
+    /// How many `pol_rules` entries exist, both slots of every pod (what a write leaves
+    /// behind is exactly the active slot's entries).
+    pub fn rule_entries(&self) -> Result<usize, PolicyError> {
+        let mut n = 0;
+        for k in self.rules.keys() {
+            k.map_err(map_err(POL_RULES_MAP, "iterate"))?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// A pod's counters, `None` when the pod has none.

@@ -974,13 +974,27 @@ fn rewrites_keep_one_slot_and_remove_clears_everything() {
     assert_eq!(two[0].rules[0].1.to_string(), "192.168.0.0/16");
     assert_ne!(two[0].pod.rev, rev1);
     assert_ne!(two[0].pod.slot, one[0].pod.slot);
+    assert_eq!(
+        dp.rule_entries().expect("count"),
+        1,
+        "the old slot was cleared"
+    );
     // Adopting the pins from another loader sees the same state.
     let other = PolicyDatapath::open_pinned(&pins).expect("open pinned");
     assert_eq!(other.list().expect("list"), two);
+    // A restarted manager (a new loader, its key index built from the map) writes and
+    // removes exactly what is there: no entry of either slot is left behind.
+    drop(dp);
+    let mut dp = PolicyDatapath::load_or_adopt(&pins).expect("adopt");
+    dp.write_pod(&first.pods[&PodRef::new("x", "a")])
+        .expect("rewrite after adoption");
+    assert_eq!(dp.list().expect("list")[0].rules.len(), 2);
+    assert_eq!(dp.rule_entries().expect("count"), 2);
     dp.remove_pod(ip).expect("remove");
     dp.remove_pod(ip).expect("remove twice");
     assert!(dp.list().expect("list").is_empty());
     assert!(dp.stats(ip).expect("stats").is_none());
+    assert_eq!(dp.rule_entries().expect("count"), 0);
     drop(other);
     drop(dp);
     drop(guard);
