@@ -30,10 +30,7 @@ use std::{
 use aya::{
     include_bytes_aligned,
     maps::{lpm_trie::Key, HashMap, LpmTrie, Map, MapData, MapInfo, PerCpuArray},
-    programs::{
-        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle},
-        TcAttachType,
-    },
+    programs::TcAttachType,
     Ebpf, EbpfLoader,
 };
 use ipnet::Ipv4Net;
@@ -46,8 +43,8 @@ use crate::{
         MASQ_STAT_COUNT,
     },
     nodeport::{
-        absent_is_none, classifier, ifindex, in_netns, is_eexist, map_err, prog_err, take_hash,
-        tc_err,
+        absent_is_none, attach_filters, classifier, detach_filters, ifindex, in_netns, map_err,
+        prog_err, take_hash,
     },
 };
 
@@ -368,52 +365,20 @@ impl Masquerade {
                     std::io::Error::from(std::io::ErrorKind::Interrupted),
                 ));
             }
-            match tc::qdisc_add_clsact(link) {
-                Ok(()) => {}
-                Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
-                Err(e) => return Err(tc_err(link, "add clsact")(e)),
-            }
-            let mut attached = 0;
-            for (name, kind, priority) in [
-                (
-                    INGRESS_PROGRAM,
-                    TcAttachType::Ingress,
-                    MASQ_INGRESS_PRIORITY,
-                ),
-                (EGRESS_PROGRAM, TcAttachType::Egress, MASQ_EGRESS_PRIORITY),
-            ] {
-                let prog = classifier(bpf, name)?;
-                let opts = NlOptions {
-                    priority,
-                    handle: TcHandle::from(MASQ_TC_HANDLE),
-                    classid: None,
-                };
-                let id = match prog.attach_with_options(link, kind, TcAttachOptions::Netlink(opts))
-                {
-                    Ok(id) => {
-                        attached += 1;
-                        id
-                    }
-                    Err(e) if is_eexist(&e) => {
-                        let old = SchedClassifierLink::attached(
-                            link,
-                            kind,
-                            priority,
-                            TcHandle::from(MASQ_TC_HANDLE),
-                            None,
-                        )
-                        .map_err(|e| BpfError::io("find link", netns.join(link), e))?;
-                        prog.attach_to_link(old)
-                            .map_err(prog_err(name, "replace"))?
-                    }
-                    Err(e) => return Err(prog_err(name, "attach")(e)),
-                };
-                let taken = prog.take_link(id).map_err(prog_err(name, "take link"))?;
-                // Dropping a netlink tc link detaches the filter; it must outlive this
-                // loader, and never be detached from the wrong namespace (see nodeport.rs).
-                std::mem::forget(taken);
-            }
-            Ok(attached)
+            attach_filters(
+                bpf,
+                netns,
+                link,
+                MASQ_TC_HANDLE,
+                &[
+                    (
+                        INGRESS_PROGRAM,
+                        TcAttachType::Ingress,
+                        MASQ_INGRESS_PRIORITY,
+                    ),
+                    (EGRESS_PROGRAM, TcAttachType::Egress, MASQ_EGRESS_PRIORITY),
+                ],
+            )
         });
         if result.is_err() && before.is_none() {
             let _ = self.links.remove(&lkey);
@@ -428,18 +393,13 @@ impl Masquerade {
         let netns = netns.as_ref();
         let idx = in_netns(netns, || {
             let idx = ifindex(netns, link)?;
-            for (name, kind) in [
-                (INGRESS_PROGRAM, TcAttachType::Ingress),
-                (EGRESS_PROGRAM, TcAttachType::Egress),
-            ] {
-                match tc::qdisc_detach_program(link, kind, name) {
-                    Ok(()) => {}
-                    Err(TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(TcError::NetlinkError(e))
-                        if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOENT)) => {}
-                    Err(e) => return Err(tc_err(link, "detach")(e)),
-                }
-            }
+            detach_filters(
+                link,
+                &[
+                    (INGRESS_PROGRAM, TcAttachType::Ingress),
+                    (EGRESS_PROGRAM, TcAttachType::Egress),
+                ],
+            )?;
             Ok(idx)
         })?;
         absent_is_none(self.links.remove(&MasqLinkKey { ifindex: idx }))

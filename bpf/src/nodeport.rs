@@ -351,50 +351,16 @@ impl NodePortLb {
                     std::io::Error::from(std::io::ErrorKind::Interrupted),
                 ));
             }
-            match tc::qdisc_add_clsact(link) {
-                Ok(()) => {}
-                Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
-                Err(e) => return Err(tc_err(link, "add clsact")(e)),
-            }
-            let mut attached = 0;
-            for (name, kind) in [
-                (INGRESS_PROGRAM, TcAttachType::Ingress),
-                (EGRESS_PROGRAM, TcAttachType::Egress),
-            ] {
-                let prog = classifier(bpf, name)?;
-                let opts = NlOptions {
-                    priority: TC_PRIORITY,
-                    handle: TcHandle::from(TC_HANDLE),
-                    classid: None,
-                };
-                let id = match prog.attach_with_options(link, kind, TcAttachOptions::Netlink(opts))
-                {
-                    Ok(id) => {
-                        attached += 1;
-                        id
-                    }
-                    Err(e) if is_eexist(&e) => {
-                        let old = SchedClassifierLink::attached(
-                            link,
-                            kind,
-                            TC_PRIORITY,
-                            TcHandle::from(TC_HANDLE),
-                            None,
-                        )
-                        .map_err(|e| BpfError::io("find link", netns.join(link), e))?;
-                        prog.attach_to_link(old)
-                            .map_err(prog_err(name, "replace"))?
-                    }
-                    Err(e) => return Err(prog_err(name, "attach")(e)),
-                };
-                let taken = prog.take_link(id).map_err(prog_err(name, "take link"))?;
-                // Dropping a netlink tc link detaches the filter, from whatever namespace
-                // the dropping thread is in. The filter must outlive this loader (like the
-                // socket LB's pinned links), and never be detached from the wrong
-                // namespace: the handle is forgotten; `detach` finds the filter by name.
-                std::mem::forget(taken);
-            }
-            Ok(attached)
+            attach_filters(
+                bpf,
+                netns,
+                link,
+                TC_HANDLE,
+                &[
+                    (INGRESS_PROGRAM, TcAttachType::Ingress, TC_PRIORITY),
+                    (EGRESS_PROGRAM, TcAttachType::Egress, TC_PRIORITY),
+                ],
+            )
         });
         if result.is_err() && before.is_none() {
             // Nothing of ours may be attached there: do not leave it recorded.
@@ -410,19 +376,13 @@ impl NodePortLb {
         let netns = netns.as_ref();
         let idx = in_netns(netns, || {
             let idx = ifindex(netns, link)?;
-            for (name, kind) in [
-                (INGRESS_PROGRAM, TcAttachType::Ingress),
-                (EGRESS_PROGRAM, TcAttachType::Egress),
-            ] {
-                match tc::qdisc_detach_program(link, kind, name) {
-                    Ok(()) => {}
-                    Err(TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    // No clsact qdisc at all: nothing is attached.
-                    Err(TcError::NetlinkError(e))
-                        if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOENT)) => {}
-                    Err(e) => return Err(tc_err(link, "detach")(e)),
-                }
-            }
+            detach_filters(
+                link,
+                &[
+                    (INGRESS_PROGRAM, TcAttachType::Ingress),
+                    (EGRESS_PROGRAM, TcAttachType::Egress),
+                ],
+            )?;
             Ok(idx)
         })?;
         absent_is_none(self.links.remove(&NpLinkKey { ifindex: idx }))
@@ -489,6 +449,78 @@ impl ExternalFrontends for std::collections::BTreeMap<ServiceKey, TrafficPolicy>
     fn remove_external(&mut self, key: ServiceKey) -> Result<bool, BpfError> {
         Ok(self.remove(&key).is_some())
     }
+}
+/// Adds the clsact qdisc to `link` if it has none, then attaches each `(program, hook,
+/// priority)` of `bpf` as a netlink tc filter with `handle`. A filter already there at that
+/// priority and handle is replaced in place (no moment without one). Call it inside the
+/// link's namespace (`netns` only names it in errors). Returns how many were newly attached.
+///
+/// The filters outlive the loader: dropping a netlink tc link detaches the filter, from
+/// whatever namespace the dropping thread is in, so the handles are forgotten and
+/// [`detach_filters`] finds the filters by program name.
+pub(crate) fn attach_filters(
+    bpf: &mut Ebpf,
+    netns: &Path,
+    link: &str,
+    handle: u32,
+    filters: &[(&'static str, TcAttachType, u16)],
+) -> Result<usize, BpfError> {
+    match tc::qdisc_add_clsact(link) {
+        Ok(()) => {}
+        Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        Err(e) => return Err(tc_err(link, "add clsact")(e)),
+    }
+    let mut attached = 0;
+    for &(name, kind, priority) in filters {
+        let prog = classifier(bpf, name)?;
+        let opts = NlOptions {
+            priority,
+            handle: TcHandle::from(handle),
+            classid: None,
+        };
+        let id = match prog.attach_with_options(link, kind, TcAttachOptions::Netlink(opts)) {
+            Ok(id) => {
+                attached += 1;
+                id
+            }
+            Err(e) if is_eexist(&e) => {
+                let old = SchedClassifierLink::attached(
+                    link,
+                    kind,
+                    priority,
+                    TcHandle::from(handle),
+                    None,
+                )
+                .map_err(|e| BpfError::io("find link", netns.join(link), e))?;
+                prog.attach_to_link(old)
+                    .map_err(prog_err(name, "replace"))?
+            }
+            Err(e) => return Err(prog_err(name, "attach")(e)),
+        };
+        let taken = prog.take_link(id).map_err(prog_err(name, "take link"))?;
+        std::mem::forget(taken);
+    }
+    Ok(attached)
+}
+
+/// Detaches every filter carrying each program's name from its hook on `link`. The clsact
+/// qdisc is left (other programs may use it); what is not attached is not an error. Call
+/// it inside the link's namespace.
+pub(crate) fn detach_filters(
+    link: &str,
+    filters: &[(&'static str, TcAttachType)],
+) -> Result<(), BpfError> {
+    for &(name, kind) in filters {
+        match tc::qdisc_detach_program(link, kind, name) {
+            Ok(()) => {}
+            Err(TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+            // No clsact qdisc at all: nothing is attached.
+            Err(TcError::NetlinkError(e))
+                if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOENT)) => {}
+            Err(e) => return Err(tc_err(link, "detach")(e)),
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn classifier<'a>(

@@ -6,183 +6,33 @@
 //! maps, exactly as in the daemon, and the test checks the rules the maps hold for a pod
 //! allocated on this node after each step. No root, no cluster.
 
+#[path = "common/apiserver.rs"]
+mod apiserver;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::convert::Infallible;
-use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use eni_manager::kubewatch;
 use eni_manager::policy::kube::{self as psrc, KubeOptions, PolicyKubeStats};
 use eni_manager::policy::{AllocatedPod, PolicyMaps, Scope, SyncState};
 use eni_policy::{PodRef, PodRules};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
+
+use apiserver::{ApiServer, WAIT};
 
 const POLICIES: usize = 0;
 const PODS: usize = 1;
 const NAMESPACES: usize = 2;
-const WAIT: Duration = Duration::from_secs(15);
 
-/// One request of a watcher, for the test to answer.
-#[derive(Debug)]
-enum Call {
-    /// A list: answer with the body.
-    List { reply: oneshot::Sender<Value> },
-    /// A watch: send event lines; dropping the sender ends the response.
-    Watch {
-        query: String,
-        events: mpsc::UnboundedSender<Value>,
-    },
-}
-
-type Body = BoxBody<Bytes, Infallible>;
-
-async fn handle(
-    req: Request<Incoming>,
-    calls: [mpsc::UnboundedSender<Call>; 3],
-) -> Result<Response<Body>, Infallible> {
-    let query = req.uri().query().unwrap_or("").to_string();
-    let kind = match req.uri().path() {
-        "/apis/networking.k8s.io/v1/networkpolicies" => POLICIES,
-        "/api/v1/pods" => PODS,
-        "/api/v1/namespaces" => NAMESPACES,
-        other => {
-            let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                              "message": format!("{other} not scripted"), "code": 404});
-            return Ok(Response::builder()
-                .status(404)
-                .header("content-type", "application/json")
-                .body(Full::new(Bytes::from(body.to_string())).boxed())
-                .expect("valid response"));
-        }
-    };
-    if query
-        .split('&')
-        .any(|kv| kv == "watch=true" || kv == "watch=1")
-    {
-        let (tx, rx) = mpsc::unbounded_channel::<Value>();
-        let _ = calls[kind].send(Call::Watch { query, events: tx });
-        let stream = futures::stream::unfold(rx, |mut rx| async move {
-            let ev = rx.recv().await?;
-            Some((
-                Ok::<_, Infallible>(Frame::data(Bytes::from(format!("{ev}\n")))),
-                rx,
-            ))
-        });
-        Ok(Response::builder()
-            .header("content-type", "application/json")
-            .body(StreamBody::new(stream).boxed())
-            .expect("valid response"))
-    } else {
-        let (tx, rx) = oneshot::channel();
-        let _ = calls[kind].send(Call::List { reply: tx });
-        let (status, body) = match rx.await {
-            Ok(v) => (200, v),
-            Err(_) => (
-                500,
-                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                       "message": "test dropped the list", "code": 500}),
-            ),
-        };
-        Ok(Response::builder()
-            .status(status)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.to_string())).boxed())
-            .expect("valid response"))
-    }
-}
-
-/// The scripted API server.
-struct ApiServer {
-    addr: SocketAddr,
-    calls: [mpsc::UnboundedReceiver<Call>; 3],
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl ApiServer {
-    async fn start() -> ApiServer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (a_tx, a_rx) = mpsc::unbounded_channel();
-        let (b_tx, b_rx) = mpsc::unbounded_channel();
-        let (c_tx, c_rx) = mpsc::unbounded_channel();
-        let txs = [a_tx, b_tx, c_tx];
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let txs = txs.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| handle(req, txs.clone()));
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-        ApiServer {
-            addr,
-            calls: [a_rx, b_rx, c_rx],
-            task,
-        }
-    }
-
-    async fn next(&mut self, kind: usize) -> Call {
-        tokio::time::timeout(WAIT, self.calls[kind].recv())
-            .await
-            .unwrap_or_else(|_| panic!("no request for kind {kind} within {WAIT:?}"))
-            .expect("server running")
-    }
-
-    async fn list(&mut self, kind: usize) -> oneshot::Sender<Value> {
-        match self.next(kind).await {
-            Call::List { reply } => reply,
-            other => panic!("expected a list of kind {kind}, got {other:?}"),
-        }
-    }
-
-    async fn watch(&mut self, kind: usize) -> (String, mpsc::UnboundedSender<Value>) {
-        match self.next(kind).await {
-            Call::Watch { query, events } => (query, events),
-            other => panic!("expected a watch of kind {kind}, got {other:?}"),
-        }
-    }
-
-    /// A kubeconfig file in `dir` pointing at this server over plain http.
-    fn kubeconfig(&self, dir: &Path) -> PathBuf {
-        let path = dir.join("kubeconfig");
-        std::fs::write(
-            &path,
-            format!(
-                "apiVersion: v1\nkind: Config\n\
-                 clusters:\n- name: fake\n  cluster:\n    server: http://{}\n\
-                 users:\n- name: nobody\n  user: {{}}\n\
-                 contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: nobody\n\
-                 current-context: fake\n",
-                self.addr
-            ),
-        )
-        .unwrap();
-        path
-    }
-}
-
-impl Drop for ApiServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
+/// The collections the watcher reads, in kind order.
+const PATHS: &[&str] = &[
+    "/apis/networking.k8s.io/v1/networkpolicies",
+    "/api/v1/pods",
+    "/api/v1/namespaces",
+];
 
 /// Recording maps shared between the sync (inside the source's callback) and the test.
 #[derive(Debug, Clone, Default)]
@@ -318,7 +168,7 @@ fn isolated_without(r: &PodRules, peer: u8) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lists_then_watches_policies_pods_and_namespaces_and_relists_after_410_gone() {
     let dir = tempfile::tempdir().unwrap();
-    let mut api = ApiServer::start().await;
+    let mut api = ApiServer::start(PATHS).await;
     let kubeconfig = api.kubeconfig(dir.path());
 
     // This node allocated b and the client; the stranger lives on another node.
@@ -374,11 +224,13 @@ async fn lists_then_watches_policies_pods_and_namespaces_and_relists_after_410_g
     // 1. Policies and pods are listed; namespaces are held back: nothing is handed over.
     api.list(POLICIES)
         .await
+        .1
         .send(list("NetworkPolicyList", "networking.k8s.io/v1", "10", &[]))
         .unwrap();
     let (_, pol_events) = api.watch(POLICIES).await;
     api.list(PODS)
         .await
+        .1
         .send(list(
             "PodList",
             "v1",
@@ -412,7 +264,7 @@ async fn lists_then_watches_policies_pods_and_namespaces_and_relists_after_410_g
         .unwrap();
     let (q, pod_events) = api.watch(PODS).await;
     assert_eq!(param(&q, "resourceVersion"), Some("20"), "{q}");
-    let ns_reply = api.list(NAMESPACES).await;
+    let (_, ns_reply) = api.list(NAMESPACES).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(stats.handovers(), 0, "nothing before all three lists");
     assert!(!stats.synced());
@@ -476,7 +328,7 @@ async fn lists_then_watches_policies_pods_and_namespaces_and_relists_after_410_g
     // 6. The namespaces watch expires (410 Gone): a re-list, which no longer has the
     //    label, replaces what was watched.
     ns_events.send(gone()).unwrap();
-    let relist = api.list(NAMESPACES).await;
+    let (_, relist) = api.list(NAMESPACES).await;
     relist
         .send(list(
             "NamespaceList",

@@ -5,14 +5,15 @@
 //! checks the services a recording fake of the maps holds after each step. No root, no
 //! cluster.
 
+#[path = "common/apiserver.rs"]
+mod apiserver;
+
 use std::collections::BTreeMap;
-use std::convert::Infallible;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::path::{Path, PathBuf};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use eni_bpf::fake::RecordingMaps;
 use eni_bpf::{
     Backend, BackendState, BpfError, DatapathMaps, Protocol, ServiceEntry, ServiceKey, ServiceSpec,
@@ -21,171 +22,19 @@ use eni_bpf::{
 use eni_manager::services::desired::DesiredOptions;
 use eni_manager::services::external::NodePortPath;
 use eni_manager::services::kube::{self as ksrc, KubeOptions, KubeSourceError, KubeStats};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
+
+use apiserver::{ApiServer, WAIT};
 
 const SERVICES: usize = 0;
 const SLICES: usize = 1;
-const WAIT: Duration = Duration::from_secs(15);
 
-/// One request of the watcher, for the test to answer.
-#[derive(Debug)]
-enum Call {
-    /// A list: answer with the body (a `ServiceList`/`EndpointSliceList`).
-    List {
-        query: String,
-        reply: oneshot::Sender<Value>,
-    },
-    /// A watch: send event lines; dropping the sender ends the response.
-    Watch {
-        query: String,
-        events: mpsc::UnboundedSender<Value>,
-    },
-}
-
-type Body = BoxBody<Bytes, Infallible>;
-
-async fn handle(
-    req: Request<Incoming>,
-    calls: [mpsc::UnboundedSender<Call>; 2],
-) -> Result<Response<Body>, Infallible> {
-    let query = req.uri().query().unwrap_or("").to_string();
-    let kind = match req.uri().path() {
-        "/api/v1/services" => SERVICES,
-        "/apis/discovery.k8s.io/v1/endpointslices" => SLICES,
-        other => {
-            let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                              "message": format!("{other} not scripted"), "code": 404});
-            return Ok(Response::builder()
-                .status(404)
-                .header("content-type", "application/json")
-                .body(Full::new(Bytes::from(body.to_string())).boxed())
-                .expect("valid response"));
-        }
-    };
-    let watch = query
-        .split('&')
-        .any(|kv| kv == "watch=true" || kv == "watch=1");
-    if watch {
-        let (tx, rx) = mpsc::unbounded_channel::<Value>();
-        let _ = calls[kind].send(Call::Watch { query, events: tx });
-        let stream = futures::stream::unfold(rx, |mut rx| async move {
-            let ev = rx.recv().await?;
-            let line = Bytes::from(format!("{ev}\n"));
-            Some((Ok::<_, Infallible>(Frame::data(line)), rx))
-        });
-        Ok(Response::builder()
-            .header("content-type", "application/json")
-            .body(StreamBody::new(stream).boxed())
-            .expect("valid response"))
-    } else {
-        let (tx, rx) = oneshot::channel();
-        let _ = calls[kind].send(Call::List { query, reply: tx });
-        let (status, body) = match rx.await {
-            Ok(v) => (200, v),
-            Err(_) => (
-                500,
-                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                       "message": "test dropped the list", "code": 500}),
-            ),
-        };
-        Ok(Response::builder()
-            .status(status)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.to_string())).boxed())
-            .expect("valid response"))
-    }
-}
-
-/// The scripted API server.
-struct ApiServer {
-    addr: SocketAddr,
-    calls: [mpsc::UnboundedReceiver<Call>; 2],
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl ApiServer {
-    async fn start() -> ApiServer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (s_tx, s_rx) = mpsc::unbounded_channel();
-        let (e_tx, e_rx) = mpsc::unbounded_channel();
-        let txs = [s_tx, e_tx];
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let txs = txs.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| handle(req, txs.clone()));
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-        ApiServer {
-            addr,
-            calls: [s_rx, e_rx],
-            task,
-        }
-    }
-
-    async fn next(&mut self, kind: usize) -> Call {
-        tokio::time::timeout(WAIT, self.calls[kind].recv())
-            .await
-            .unwrap_or_else(|_| panic!("no request for kind {kind} within {WAIT:?}"))
-            .expect("server running")
-    }
-
-    /// The next request of `kind`, which must be a list; returns its query and the reply.
-    async fn list(&mut self, kind: usize) -> (String, oneshot::Sender<Value>) {
-        match self.next(kind).await {
-            Call::List { query, reply } => (query, reply),
-            other => panic!("expected a list of kind {kind}, got {other:?}"),
-        }
-    }
-
-    /// The next request of `kind`, which must be a watch.
-    async fn watch(&mut self, kind: usize) -> (String, mpsc::UnboundedSender<Value>) {
-        match self.next(kind).await {
-            Call::Watch { query, events } => (query, events),
-            other => panic!("expected a watch of kind {kind}, got {other:?}"),
-        }
-    }
-
-    /// A kubeconfig file in `dir` pointing at this server over plain http.
-    fn kubeconfig(&self, dir: &Path) -> PathBuf {
-        let path = dir.join("kubeconfig");
-        std::fs::write(
-            &path,
-            format!(
-                "apiVersion: v1\nkind: Config\n\
-                 clusters:\n- name: fake\n  cluster:\n    server: http://{}\n\
-                 users:\n- name: nobody\n  user: {{}}\n\
-                 contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: nobody\n\
-                 current-context: fake\n",
-                self.addr
-            ),
-        )
-        .unwrap();
-        path
-    }
-}
-
-impl Drop for ApiServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
+/// The collections the watcher reads, in kind order.
+const PATHS: &[&str] = &[
+    "/api/v1/services",
+    "/apis/discovery.k8s.io/v1/endpointslices",
+];
 
 /// The recording fake, shared between the loop (which owns a handle) and the test.
 #[derive(Debug, Clone, Default)]
@@ -425,7 +274,7 @@ fn dns_slice_ports() -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lists_then_watches_and_relists_after_410_gone() {
     let dir = tempfile::tempdir().unwrap();
-    let mut api = ApiServer::start().await;
+    let mut api = ApiServer::start(PATHS).await;
     let kubeconfig = api.kubeconfig(dir.path());
 
     let web = key([10, 96, 0, 10], 80, Protocol::Tcp);
@@ -665,7 +514,7 @@ async fn lists_then_watches_and_relists_after_410_gone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn internal_traffic_policy_local_keeps_this_nodes_endpoints() {
     let dir = tempfile::tempdir().unwrap();
-    let mut api = ApiServer::start().await;
+    let mut api = ApiServer::start(PATHS).await;
     let kubeconfig = api.kubeconfig(dir.path());
     let maps = SharedMaps::default();
     let opts = KubeOptions {
@@ -754,7 +603,7 @@ impl eni_bpf::ExternalFrontends for SharedExternal {
 async fn nodeports_and_load_balancer_ips_follow_the_watch() {
     use eni_bpf::TrafficPolicy::{Cluster, Local};
     let dir = tempfile::tempdir().unwrap();
-    let mut api = ApiServer::start().await;
+    let mut api = ApiServer::start(PATHS).await;
     let kubeconfig = api.kubeconfig(dir.path());
     let maps = SharedMaps::default();
     let ext = SharedExternal::default();

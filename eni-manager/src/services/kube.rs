@@ -340,8 +340,8 @@ where
                             }
                             Some(np) => {
                                 tracker.forget();
-                                let mut want = store.desired(&opts.desired);
                                 let (services, slices) = store.objects();
+                                let mut want = desired_with(&services, &slices, &opts.desired);
                                 external = Some(np.extend(&services, &slices, &mut want));
                                 want
                             }

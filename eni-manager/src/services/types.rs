@@ -5,33 +5,11 @@
 //! minutes on the node daemon, and no Kubernetes-version feature to pick; the field names
 //! follow the API exactly, so a later watch source can map `k8s-openapi` objects onto them.
 
-use std::collections::BTreeMap;
-
 use serde::Deserialize;
 
-/// The `metadata` fields used.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-pub struct ObjectMeta {
-    /// `metadata.name`.
-    #[serde(default)]
-    pub name: String,
-    /// `metadata.namespace` (`default` when absent).
-    #[serde(default)]
-    pub namespace: Option<String>,
-    /// `metadata.labels`.
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-}
-
-impl ObjectMeta {
-    /// The namespace, `default` when not set.
-    pub fn namespace(&self) -> &str {
-        self.namespace
-            .as_deref()
-            .filter(|n| !n.is_empty())
-            .unwrap_or("default")
-    }
-}
+/// The `metadata` fields used (name, namespace, labels): the same reduced type the policy
+/// compiler reads.
+pub use eni_policy::types::ObjectMeta;
 
 /// A v1 `Service`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
