@@ -282,6 +282,8 @@ pub struct Manager {
     degraded: Option<String>,
     netns_missing_since: HashMap<AllocKey, Instant>,
     leaving_retry_at: HashMap<String, Instant>,
+    /// Failed removals of each leaving ENI in a row (sets the pause before the next try).
+    leaving_failures: HashMap<String, u32>,
     orphans: HashMap<String, Instant>,
     orphan_scan_running: bool,
     orphan_scan_at: Option<Instant>,
@@ -362,6 +364,7 @@ impl Manager {
             degraded: None,
             netns_missing_since: HashMap::new(),
             leaving_retry_at: HashMap::new(),
+            leaving_failures: HashMap::new(),
             orphans: HashMap::new(),
             orphan_scan_running: false,
             orphan_scan_at: None,
@@ -1362,11 +1365,17 @@ impl Manager {
                             self.idle_since.remove(ip);
                         }
                     }
+                    self.leaving_failures.remove(&eni_id);
                     self.emit(batch, Event::EniGone { eni_id });
                 }
                 Err(e) => {
-                    self.leaving_retry_at
-                        .insert(eni_id, Instant::now() + Duration::from_secs(30));
+                    // Most failures are an ENI still between states after a crash (being
+                    // attached or detached), which clears in seconds: retry soon, then back
+                    // off to 30 s for one that keeps failing.
+                    let n = self.leaving_failures.entry(eni_id.clone()).or_insert(0);
+                    let pause = leaving_retry_pause(*n);
+                    *n = n.saturating_add(1);
+                    self.leaving_retry_at.insert(eni_id, Instant::now() + pause);
                     self.record_failure("removing an ENI", &e);
                 }
             },
@@ -1383,7 +1392,8 @@ impl Manager {
         self.schedule_plan(Duration::ZERO);
     }
 
-    /// ENIs left `Leaving` by a failed removal: try again after a pause.
+    /// ENIs left `Leaving` by a failed removal: try again after a pause
+    /// ([`leaving_retry_pause`]).
     fn retry_leaving(&mut self, batch: &mut Batch) {
         let now = Instant::now();
         let busy: BTreeSet<String> = self
@@ -1564,4 +1574,22 @@ fn answer<T: Send + 'static>(
             ))
         });
     }));
+}
+
+/// The pause before removing a leaving ENI again after `failures` failed tries in a row:
+/// 2 s, 4 s, 8 s, 16 s, then 30 s.
+fn leaving_retry_pause(failures: u32) -> Duration {
+    Duration::from_secs(2u64 << failures.min(4)).min(Duration::from_secs(30))
+}
+
+#[cfg(test)]
+mod leaving_retry_tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_removal_is_retried_soon_then_backs_off_to_thirty_seconds() {
+        let secs: Vec<u64> = (0..7).map(|n| leaving_retry_pause(n).as_secs()).collect();
+        assert_eq!(secs, [2, 4, 8, 16, 30, 30, 30]);
+        assert_eq!(leaving_retry_pause(u32::MAX).as_secs(), 30);
+    }
 }
