@@ -22,6 +22,7 @@
 mod error;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
+mod linkinfo;
 pub mod maps;
 pub mod masq;
 mod nodeport;

@@ -684,6 +684,77 @@ fn unpin_links(dir: &Path) -> Result<(), PolicyError> {
     first.map_or(Ok(()), Err)
 }
 
+/// How old an empty link directory must be before [`sweep_defunct_links`] removes it.
+const EMPTY_LINK_DIR_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What [`sweep_defunct_links`] found under `links/`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LinkSweep {
+    /// Link directories removed: every pin in them was a link whose interface is gone.
+    pub removed: Vec<PathBuf>,
+    /// Link directories kept: at least one of their links is still on a live interface
+    /// (or could not be read, which is never taken for dead).
+    pub kept: usize,
+}
+
+/// Removes the link pins of pods whose interface no longer exists. A DEL that runs after
+/// the pod's network namespace is gone cannot name that namespace, so the pins of the
+/// pod-side link stay behind; each one keeps a loaded program alive in the kernel. The
+/// kernel detaches a TCX link from a device being unregistered and reports its ifindex as
+/// 0 from then on: exactly those pins are removed, and then their directory (an empty one
+/// only after a minute, so an attach that has just created it can pin into it). A
+/// link still on a device, a pin that is not a TCX link, or one that cannot be read is left
+/// alone. Safe to run while pods are added: a fresh attachment is on a live device.
+pub fn sweep_defunct_links(pin_dir: impl AsRef<Path>) -> Result<LinkSweep, PolicyError> {
+    let links = pin_dir.as_ref().join("links");
+    let mut sweep = LinkSweep::default();
+    let entries = match fs::read_dir(&links) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(sweep),
+        Err(e) => return Err(BpfError::io("read link dir", &links, e).into()),
+    };
+    for entry in entries.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with("tc-") {
+            continue;
+        }
+        let dir = entry.path();
+        // An attach creates the directory, then pins into it: a young empty one is kept.
+        let young = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_none_or(|age| age < EMPTY_LINK_DIR_GRACE);
+        let mut live = false;
+        let mut dead = 0;
+        for name in [PROG_TO_POD, PROG_FROM_POD] {
+            let pin = dir.join(name);
+            match crate::linkinfo::tcx_link_ifindex(&pin) {
+                Ok(Some(0)) => {
+                    dead += 1;
+                    if let Err(e) = fs::remove_file(&pin) {
+                        if e.kind() != std::io::ErrorKind::NotFound {
+                            return Err(BpfError::io("unpin", pin, e).into());
+                        }
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Ok(_) | Err(_) => live = true,
+            }
+        }
+        if live || (dead == 0 && young) {
+            sweep.kept += 1;
+            continue;
+        }
+        match fs::remove_dir(&dir) {
+            Ok(()) => sweep.removed.push(dir),
+            // An attach created a pin in it meanwhile: it is live.
+            Err(_) => sweep.kept += 1,
+        }
+    }
+    Ok(sweep)
+}
+
 /// Removes the policy maps' pins and every policy link pin under `pin_dir` (uninstall,
 /// tests). Leaves other pins (the socket LB's) alone. Keeps going past errors.
 pub fn unpin_policy(pin_dir: impl AsRef<Path>) -> Result<(), PolicyError> {

@@ -1050,3 +1050,88 @@ fn in_pod_attachment_enforces_the_same_rules() {
     let st = lab.dp().stats(tool).expect("stats").expect("present");
     assert!(st.drop_ingress > 0 && st.new_egress > 0, "{st:?}");
 }
+
+#[test]
+fn links_of_interfaces_that_died_with_their_namespace_are_swept() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.apply(&[]);
+    // A pod with no process in its namespace, attached inside it and on its host veth,
+    // next to a lab pod attached inside its namespace.
+    let gone = format!("{}-gone", lab.tag);
+    let gone_host = format!("{}g", &lab.tag[lab.tag.len().saturating_sub(8)..]);
+    lab.add_netns(&gone);
+    lab.wire(&gone, &gone_host, &["10.200.9.9"]);
+    let gone_ip: Ipv4Addr = "10.200.9.9".parse().expect("ip");
+    let gone_netns = Path::new("/run/netns").join(&gone);
+    policy::attach(&lab.pins, &gone_netns, "eth0", gone_ip, LinkSide::InPod).expect("attach");
+    policy::attach(
+        &lab.pins,
+        lab.node_netns(),
+        &gone_host,
+        gone_ip,
+        LinkSide::HostVeth,
+    )
+    .expect("attach");
+    let db = lab.pod("prod/db");
+    let (db_netns, db_ip) = (Path::new("/run/netns").join(&db.netns), db.ip);
+    policy::attach(&lab.pins, &db_netns, "eth0", db_ip, LinkSide::InPod).expect("attach");
+    let link_dirs = |lab: &Lab| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(lab.pins.join("links"))
+            .expect("links dir")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let ino = |p: &Path| {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(p).expect("netns").ino()
+    };
+    let dead = [
+        format!("tc-{}-eth0", ino(&gone_netns)),
+        format!("tc-{}-{gone_host}", ino(&lab.node_netns())),
+    ];
+    let before = link_dirs(&lab);
+    assert_eq!(before.len(), 3, "{before:?}");
+    assert!(dead.iter().all(|d| before.contains(d)), "{before:?}");
+    // Nothing is dead yet: nothing is swept.
+    let sweep = policy::sweep_defunct_links(&lab.pins).expect("sweep");
+    assert_eq!((sweep.removed.len(), sweep.kept), (0, 3), "{sweep:?}");
+
+    // The runtime destroys the pod's namespace (and with it both ends of the veth) before,
+    // or without, a DEL that could name it. The kernel tears the namespace down
+    // asynchronously.
+    ip(&["netns", "del", &gone]);
+    lab.netns_made.retain(|n| n != &gone);
+    let mut removed = Vec::new();
+    let mut sweep = policy::LinkSweep::default();
+    for _ in 0..300 {
+        sweep = policy::sweep_defunct_links(&lab.pins).expect("sweep");
+        removed.extend(sweep.removed.iter().cloned());
+        if removed.len() >= 2 {
+            break;
+        }
+        sleep(Duration::from_millis(10));
+    }
+    let mut removed: Vec<String> = removed
+        .iter()
+        .map(|p| p.file_name().expect("name").to_string_lossy().into_owned())
+        .collect();
+    removed.sort();
+    let mut want = dead.to_vec();
+    want.sort();
+    assert_eq!(removed, want, "{sweep:?}");
+    assert_eq!(sweep.kept, 1, "{sweep:?}");
+    let after = link_dirs(&lab);
+    assert_eq!(after.len(), 1, "{after:?}");
+
+    // The survivor is untouched: swept again, nothing goes; re-attaching adopts its pins.
+    let again = policy::sweep_defunct_links(&lab.pins).expect("sweep");
+    assert_eq!((again.removed.len(), again.kept), (0, 1), "{again:?}");
+    policy::attach(&lab.pins, &db_netns, "eth0", db_ip, LinkSide::InPod).expect("re-attach");
+    assert_eq!(link_dirs(&lab), after);
+}

@@ -721,6 +721,28 @@ impl PolicySync {
     }
 }
 
+/// How often the link pins of pods whose interface is gone are removed (and once at start).
+pub const LINK_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Removes the link pins left by pods whose namespace went away before a DEL could detach
+/// them ([`eni_bpf::policy::sweep_defunct_links`]); each keeps a program loaded.
+async fn sweep_links(pin_dir: PathBuf) {
+    let dir = pin_dir.clone();
+    match tokio::task::spawn_blocking(move || eni_bpf::policy::sweep_defunct_links(&dir)).await {
+        Ok(Ok(sweep)) => {
+            for d in &sweep.removed {
+                info!(dir = %d.display(), "removed the policy link pins of an interface that no longer exists");
+            }
+        }
+        Ok(Err(e)) => warn!(
+            error = %e,
+            pin_dir = %pin_dir.display(),
+            "sweeping dead policy link pins failed; will retry"
+        ),
+        Err(e) => warn!(error = %e, "sweeping dead policy link pins panicked"),
+    }
+}
+
 /// Loads (or adopts) the policy maps pinned under `pin_dir`, syncs once from the source
 /// and the pool's allocations, then keeps syncing on a task of its own: every
 /// [`POLL_INTERVAL`], and at once after an admit or (source `kubernetes`) after the
@@ -801,7 +823,12 @@ pub async fn start(
     }
     let s = sync.clone();
     tokio::spawn(async move {
+        let mut next_sweep = tokio::time::Instant::now();
         loop {
+            if tokio::time::Instant::now() >= next_sweep {
+                sweep_links(s.pin_dir.clone()).await;
+                next_sweep = tokio::time::Instant::now() + LINK_SWEEP_INTERVAL;
+            }
             tokio::select! {
                 () = tokio::time::sleep(POLL_INTERVAL) => {}
                 () = s.kick.notified() => {}
