@@ -472,7 +472,7 @@ def masquerade_wiring(values: dict, ds: dict, cm: dict, cfg: dict) -> None:
     host_bpffs = bpf.get("hostBpffs", "/sys/fs/bpf")
     pin_dir = bpf.get("pinDir", "/sys/fs/bpf/eni-net")
     mc = cfg["masquerade"]
-    want = {"enabled": True, "links": masq["links"], "vpc_cidrs": masq["vpcCidrs"],
+    want = {"enabled": True, "links": masq["links"], "vpc_cidrs": masq.get("vpcCidrs") or [],
             "masq_link_local": bool(masq.get("masqLinkLocal", False)), "bpf_pin_dir": pin_dir}
     if masq.get("nonMasqueradeCidrs"):
         want["non_masquerade_cidrs"] = masq["nonMasqueradeCidrs"]
@@ -623,12 +623,8 @@ def bad_combinations() -> None:
                  "the chart", "use the masquerade.* and bpf.* values")
     masq = {"masquerade.enabled": True, "masquerade.links": ["eth0"],
             "masquerade.vpcCidrs": ["192.168.0.0/16"]}
-    render_fails(with_(dict(masq, **{"masquerade.vpcCidrs": []})),
-                 "1 problem(s)", "masquerade.vpcCidrs is required when masquerade.enabled",
-                 "the VPC's IPv4 CIDR blocks", "like [172.16.0.0/12]")
-    render_fails(with_({"masquerade.enabled": True}), "2 problem(s)",
-                 "masquerade.links is required when masquerade.enabled", "like [eth0, eth1]",
-                 "masquerade.vpcCidrs is required")
+    render_fails(with_({"masquerade.enabled": True}), "1 problem(s)",
+                 "masquerade.links is required when masquerade.enabled", "like [eth0, eth1]")
     render_fails(with_(dict(masq, **{"masquerade.links": ["eth0", "bad/name", "eth0"]})),
                  "2 problem(s)", 'masquerade.links: "bad/name" is not an interface name',
                  'masquerade.links: "eth0" is listed twice')

@@ -369,6 +369,30 @@ impl MetadataClient {
         }
     }
 
+    /// The VPC's IPv4 CIDR blocks. Alibaba Cloud: `meta-data/vpc-cidr-block` (the primary
+    /// block; secondary blocks are not published there). AWS: every block associated with
+    /// the VPC, from `vpc-ipv4-cidr-blocks` of the primary interface.
+    pub async fn vpc_cidrs(&self) -> Result<Vec<Ipv4Net>, ProviderError> {
+        let text = match self.flavor {
+            MetadataFlavor::Aliyun => self.get("meta-data/vpc-cidr-block").await?,
+            MetadataFlavor::Aws => {
+                let mac = self.primary_mac().await?;
+                self.get(&format!(
+                    "meta-data/network/interfaces/macs/{mac}/vpc-ipv4-cidr-blocks"
+                ))
+                .await?
+            }
+        };
+        let cidrs = text
+            .split_whitespace()
+            .map(parse_net)
+            .collect::<Result<Vec<_>, _>>()?;
+        if cidrs.is_empty() {
+            return Err(ProviderError::malformed(API, "the VPC CIDR block list is empty"));
+        }
+        Ok(cidrs)
+    }
+
     /// The name of the instance's RAM role (Alibaba Cloud: first line of
     /// `meta-data/ram/security-credentials/`).
     pub async fn ram_role(&self) -> Result<String, ProviderError> {

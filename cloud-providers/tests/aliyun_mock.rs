@@ -346,6 +346,14 @@ async fn metadata_service() {
     assert_eq!(iface.ips, vec![iface.primary_ip]);
     assert_eq!(iface.subnet_cidr.to_string(), "192.168.1.0/24");
     assert_eq!(iface.gateway.to_string(), "192.168.1.253");
+    let vpc: Vec<String> = md
+        .vpc_cidrs()
+        .await
+        .unwrap()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(vpc, ["192.168.0.0/16"]);
     let err = md.get("meta-data/no-such-thing").await.unwrap_err();
     assert!(err.is_not_found(), "{err:?}");
 }

@@ -510,6 +510,7 @@ async fn imdsv2_against_scripted_service() {
                 Some("subnet-id") => "subnet-1".to_string(),
                 Some("subnet-ipv4-cidr-block") => "10.0.1.0/24".to_string(),
                 Some("security-group-ids") => "sg-1\nsg-2".to_string(),
+                Some("vpc-ipv4-cidr-blocks") => "10.0.0.0/16\n100.64.0.0/16".to_string(),
                 _ => return (404, String::new()),
             },
         };
@@ -528,6 +529,14 @@ async fn imdsv2_against_scripted_service() {
     assert_eq!(iface.device_number, Some(1));
     assert_eq!(iface.primary_ip.to_string(), "10.0.1.20");
     assert_eq!(iface.ips.len(), 3);
+    let vpc: Vec<String> = md
+        .vpc_cidrs()
+        .await
+        .unwrap()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(vpc, ["10.0.0.0/16", "100.64.0.0/16"]);
     assert_eq!(iface.prefixes, vec!["10.0.1.48/28".parse().unwrap()]);
     assert_eq!(iface.gateway.to_string(), "10.0.1.1");
     assert_eq!(iface.security_group_ids, vec!["sg-1", "sg-2"]);

@@ -246,6 +246,7 @@ async fn metadata_all(md: &MetadataClient) -> Vec<Result<(), ProviderError>> {
         unit(md.macs().await),
         unit(md.interface("00:16:3e:00:00:01").await),
         unit(md.ram_role().await),
+        unit(md.vpc_cidrs().await),
     ]
 }
 

@@ -482,7 +482,9 @@ pub struct MasqueradeConfig {
     #[serde(default)]
     pub masq_link_local: bool,
     /// The VPC's CIDR blocks, always added to the non-masquerade list so traffic inside the
-    /// VPC keeps the pod's address. Required when enabled.
+    /// VPC keeps the pod's address. Empty: learned at start from the instance metadata
+    /// service (`vpc-cidr-block`; on AWS `vpc-ipv4-cidr-blocks`), cached in
+    /// `daemon.state_dir` for a start while it does not answer.
     #[serde(default)]
     pub vpc_cidrs: Vec<String>,
     /// An ip-masq-agent configuration file (`nonMasqueradeCIDRs`, `masqLinkLocal`, e.g. a
@@ -549,14 +551,6 @@ impl MasqueradeConfig {
                     "masquerade.links[{i}]: {link:?} is listed twice; remove one"
                 ));
             }
-        }
-        if self.vpc_cidrs.is_empty() {
-            p.push(
-                "masquerade.vpc_cidrs: empty; give the VPC's IPv4 CIDR blocks (the metadata \
-                 service's vpc-cidr-block, or vpc-ipv4-cidr-blocks on AWS) so traffic inside \
-                 the VPC is never masqueraded"
-                    .into(),
-            );
         }
         for (field, list) in [
             (
@@ -1530,7 +1524,6 @@ network: { subnets: { cn-hangzhou-h: [vsw-1] } }
         let want = [
             "masquerade.links[1]: \"a/b\" is not an interface name",
             "masquerade.links[2]: \"eth0\" is listed twice",
-            "masquerade.vpc_cidrs: empty; give the VPC's IPv4 CIDR blocks",
             "masquerade.non_masquerade_cidrs[0]: \"10.0.0.0/33\" is not an IPv4 CIDR",
             "masquerade.non_masquerade_cidrs[1]: \"nope\" is not an IPv4 CIDR",
             "masquerade.config_file: rel.yaml must be an absolute path",

@@ -223,7 +223,16 @@ async fn run(cfg: Config) -> anyhow::Result<ExitCode> {
     };
     // Masquerade does not depend on the cloud either (the pins keep it working meanwhile).
     let masquerade = {
-        let (c, pins) = (cfg.masquerade.clone(), cfg.masquerade_pin_dir());
+        let mut c = cfg.masquerade.clone();
+        if c.enabled && c.vpc_cidrs.is_empty() {
+            let cache = cfg.daemon.state_dir.join("vpc-cidrs.json");
+            c.vpc_cidrs = eni_manager::masquerade::learn_vpc_cidrs(&cfg.cloud, &cache)
+                .await?
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+        }
+        let pins = cfg.masquerade_pin_dir();
         tokio::task::spawn_blocking(move || eni_manager::masquerade::start(&c, &pins))
             .await
             .context("starting masquerade")??

@@ -11,8 +11,10 @@
 //! the pins removed, so turning it off takes effect.
 //!
 //! The list: `nonMasqueradeCIDRs` (the file's, else `masquerade.non_masquerade_cidrs`, by
-//! default ip-masq-agent's documented list), plus `masquerade.vpc_cidrs` always, plus
-//! 169.254.0.0/16 unless `masqLinkLocal`.
+//! default ip-masq-agent's documented list), plus the VPC's CIDR blocks always, plus
+//! 169.254.0.0/16 unless `masqLinkLocal`. The VPC's blocks are `masquerade.vpc_cidrs`, or,
+//! when that is empty, learned from the instance metadata service ([`learn_vpc_cidrs`]) and
+//! kept in the state directory for a start while the service does not answer.
 
 use std::{
     net::Ipv4Addr,
@@ -36,6 +38,61 @@ use crate::config::MasqueradeConfig;
 /// are). `thread-self`, not `self`: the namespace netlink sees too, also in a test thread
 /// that entered another namespace.
 const OWN_NETNS: &str = "/proc/thread-self/ns/net";
+
+/// How long [`learn_vpc_cidrs`] waits for the metadata service.
+const VPC_CIDRS_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The VPC's IPv4 CIDR blocks from the instance metadata service of `cloud` (its provider's
+/// flavour, `cloud.metadata_endpoint` or the provider's default address), written to
+/// `cache` (JSON) once learned. When the service does not answer within 30 s, the blocks a
+/// previous start cached are used (the VPC's blocks rarely change); with neither, the error
+/// says to set `masquerade.vpc_cidrs`.
+pub async fn learn_vpc_cidrs(
+    cloud: &crate::config::CloudConfig,
+    cache: &Path,
+) -> anyhow::Result<Vec<Ipv4Net>> {
+    use cloud_providers::metadata::{MetadataClient, MetadataFlavor};
+    let flavor = match cloud.provider {
+        crate::config::ProviderKind::Aliyun => MetadataFlavor::Aliyun,
+        crate::config::ProviderKind::Aws => MetadataFlavor::Aws,
+    };
+    let endpoint = cloud
+        .metadata_endpoint
+        .clone()
+        .unwrap_or_else(|| flavor.default_endpoint().to_owned());
+    let asked = async {
+        let md = MetadataClient::new(flavor, &endpoint)?;
+        md.vpc_cidrs().await
+    };
+    let why = match tokio::time::timeout(VPC_CIDRS_TIMEOUT, asked).await {
+        Ok(Ok(cidrs)) => {
+            let text: Vec<String> = cidrs.iter().map(ToString::to_string).collect();
+            let tmp = cache.with_extension("tmp");
+            std::fs::write(&tmp, serde_json::to_vec(&text)?)
+                .and_then(|()| std::fs::rename(&tmp, cache))
+                .with_context(|| format!("writing {}", cache.display()))?;
+            info!(cidrs = ?text, endpoint = %endpoint, "learned the VPC CIDR blocks from the metadata service");
+            return Ok(cidrs);
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("no answer within {}s", VPC_CIDRS_TIMEOUT.as_secs()),
+    };
+    let cached = std::fs::read(cache).ok().and_then(|bytes| {
+        let text: Vec<String> = serde_json::from_slice(&bytes).ok()?;
+        let cidrs: Vec<Ipv4Net> = text.iter().filter_map(|c| c.parse().ok()).collect();
+        (!cidrs.is_empty() && cidrs.len() == text.len()).then_some(cidrs)
+    });
+    match cached {
+        Some(cidrs) => {
+            warn!(reason = %why, cidrs = ?cidrs, cache = %cache.display(), "cannot read the VPC CIDR blocks from the metadata service; using the ones learned before");
+            Ok(cidrs)
+        }
+        None => anyhow::bail!(
+            "masquerade.vpc_cidrs: empty, and the VPC CIDR blocks cannot be read from the \
+             metadata service at {endpoint} ({why}); give them in masquerade.vpc_cidrs"
+        ),
+    }
+}
 
 /// An ip-masq-agent configuration file (the `config` key of its ConfigMap). Fields left out
 /// keep the manager's configured values, as ip-masq-agent keeps its defaults.
@@ -437,6 +494,90 @@ fn disable_leftovers(pin_dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A metadata service of the Alibaba Cloud flavour that answers `vpc-cidr-block` with
+    /// `body` (404 when `None`), one request per connection.
+    async fn metadata_service(body: Option<&'static str>) -> (String, tokio::task::JoinHandle<()>) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let task = tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let line = String::from_utf8_lossy(&req)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_owned();
+                let (status, text) = if line.starts_with("PUT /latest/api/token") {
+                    ("200 OK", "token")
+                } else if line.starts_with("GET /latest/meta-data/vpc-cidr-block") {
+                    body.map_or(("404 Not Found", ""), |b| ("200 OK", b))
+                } else {
+                    ("404 Not Found", "")
+                };
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                    text.len()
+                );
+                let _ = sock.write_all(answer.as_bytes()).await;
+            }
+        });
+        (url, task)
+    }
+
+    fn cloud(url: &str) -> crate::config::CloudConfig {
+        serde_yaml::from_str(&format!("{{provider: aliyun, metadata_endpoint: '{url}'}}"))
+            .expect("cloud config")
+    }
+
+    #[tokio::test]
+    async fn vpc_cidrs_come_from_the_metadata_service_then_from_the_cache() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = dir.path().join("vpc-cidrs.json");
+        let (url, server) = metadata_service(Some("172.16.0.0/12\n")).await;
+        let got = learn_vpc_cidrs(&cloud(&url), &cache)
+            .await
+            .expect("learned");
+        assert_eq!(got, vec![net("172.16.0.0/12")]);
+        assert!(cache.exists());
+        server.abort();
+        let _ = server.await;
+
+        // The service is gone: the cached blocks are used.
+        let got = learn_vpc_cidrs(&cloud(&url), &cache).await.expect("cached");
+        assert_eq!(got, vec![net("172.16.0.0/12")]);
+
+        // Neither service nor cache: the error names the field to set.
+        std::fs::remove_file(&cache).expect("rm");
+        let err = learn_vpc_cidrs(&cloud(&url), &cache)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("masquerade.vpc_cidrs: empty"), "{err}");
+        assert!(err.contains(&url), "{err}");
+
+        // A service that does not know the path, or answers garbage: an error, no cache.
+        for body in [None, Some("not a cidr")] {
+            let (url, server) = metadata_service(body).await;
+            let err = learn_vpc_cidrs(&cloud(&url), &cache)
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("give them in masquerade.vpc_cidrs"), "{err}");
+            assert!(!cache.exists());
+            server.abort();
+        }
+    }
 
     fn cfg() -> MasqueradeConfig {
         MasqueradeConfig {

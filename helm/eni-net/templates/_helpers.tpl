@@ -287,8 +287,6 @@ values that cannot work.
 {{- if not (kindIs "slice" $vpc) }}
 {{- $p = append $p (printf "masquerade.vpcCidrs must be a list of IPv4 CIDRs, like [172.16.0.0/12] (got %v)" $vpc) }}
 {{- $vpc = list }}
-{{- else if not $vpc }}
-{{- $p = append $p "masquerade.vpcCidrs is required when masquerade.enabled: the VPC's IPv4 CIDR blocks (the VPC console, or the metadata service's vpc-cidr-block; vpc-ipv4-cidr-blocks on AWS), like [172.16.0.0/12], so traffic inside the VPC keeps the pod's address" }}
 {{- end }}
 {{- if not (kindIs "slice" $nonMasq) }}
 {{- $p = append $p (printf "masquerade.nonMasqueradeCidrs must be a list of IPv4 CIDRs, like [10.0.0.0/8], or empty for ip-masq-agent's default list (got %v)" $nonMasq) }}
@@ -408,7 +406,7 @@ policy:
 masquerade:
   enabled: true
   links: {{ .links | toJson }}
-  vpc_cidrs: {{ .vpcCidrs | toJson }}
+  vpc_cidrs: {{ .vpcCidrs | default list | toJson }}
   {{- with .nonMasqueradeCidrs }}
   non_masquerade_cidrs: {{ . | toJson }}
   {{- end }}
