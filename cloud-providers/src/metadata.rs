@@ -388,7 +388,10 @@ impl MetadataClient {
             .map(parse_net)
             .collect::<Result<Vec<_>, _>>()?;
         if cidrs.is_empty() {
-            return Err(ProviderError::malformed(API, "the VPC CIDR block list is empty"));
+            return Err(ProviderError::malformed(
+                API,
+                "the VPC CIDR block list is empty",
+            ));
         }
         Ok(cidrs)
     }
