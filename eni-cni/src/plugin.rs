@@ -11,7 +11,7 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use eni_kernel::netns::{run_in_netns, NetnsFd};
+use eni_kernel::netns::NetnsFd;
 use eni_kernel::{Handle, LinkKind, Neigh, Netlink, Rule, TABLE_MAIN};
 use eni_rpc::{
     AllocateRequest, Allocation, CheckRequest, Client, ClientError, ErrorCode, GcRequest,
@@ -65,10 +65,11 @@ fn kernel_err(what: &str) -> impl FnOnce(eni_kernel::Error) -> CniError + '_ {
     move |e| CniError::datapath(what, &e)
 }
 
-/// Opens a netlink handle inside `ns`; the handle stays bound there.
+/// Opens a netlink handle inside `ns`; the handle stays bound there. The plugin is
+/// single-threaded, so its thread steps into the namespace and back rather than starting a
+/// thread for it.
 fn handle_in(ns: &NetnsFd) -> Result<Handle, CniError> {
-    run_in_netns(ns, Handle::new)
-        .and_then(|r| r)
+    eni_kernel::netns::handle_in_this_thread(ns)
         .map_err(kernel_err("open netlink in the pod's namespace"))
 }
 

@@ -4,6 +4,8 @@
 //! The calling thread never changes namespace: [`run_in_netns`] spawns a thread, moves
 //! only that thread (`setns(CLONE_NEWNET)`), runs the closure and lets the thread die.
 //! A [`Handle`] created inside the closure is bound to that namespace for its lifetime.
+//! The one exception, for single-threaded programs: [`handle_in_this_thread`] moves the
+//! calling thread in and back out just to open a socket.
 
 use std::fs::File;
 use std::io;
@@ -103,6 +105,24 @@ where
     F: FnOnce(&mut Handle) -> Result<T> + Send,
 {
     run_in_netns(ns, || f(&mut Handle::new()?))?
+}
+
+/// Opens a netlink [`Handle`] bound to `ns` without a thread: the calling thread joins
+/// `ns`, opens the socket and goes back to the namespace it was in. The socket stays bound
+/// to `ns`. Cheaper than [`with_handle_in`] (starting a thread costs milliseconds on a busy
+/// node), but the calling thread is in `ns` for that moment, so use it only on a thread no
+/// other code shares, such as the main thread of a single-threaded program like the CNI
+/// plugin; never on a pool thread. If the thread cannot go back, the error says so and the
+/// program should stop: the thread is still in `ns`.
+pub fn handle_in_this_thread(ns: &NetnsFd) -> Result<Handle> {
+    let home = NetnsFd::current()?;
+    setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(netns_err("setns", ns.path()))?;
+    let handle = Handle::new();
+    setns(home.as_fd(), CloneFlags::CLONE_NEWNET).map_err(netns_err(
+        "setns back (the thread is still in the namespace)",
+        home.path(),
+    ))?;
+    handle
 }
 
 /// Runs `f` on a new thread inside a brand-new, anonymous namespace that disappears when

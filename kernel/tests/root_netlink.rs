@@ -576,3 +576,22 @@ fn handle_works_through_the_trait_object() {
     });
     assert!(got);
 }
+
+#[test]
+fn handle_in_this_thread_binds_the_socket_there_and_comes_back() {
+    if !root_or_skip("handle_in_this_thread_binds_the_socket_there_and_comes_back") {
+        return;
+    }
+    let ns = TestNs::new("ht");
+    let before = thread_netns_inode();
+    let mut h = netns::handle_in_this_thread(&ns.fd).unwrap();
+    // Back home at once, and the socket still speaks for the namespace it was opened in.
+    assert_eq!(thread_netns_inode(), before);
+    let names: Vec<String> = h.link_list().unwrap().into_iter().map(|l| l.name).collect();
+    assert_eq!(names, vec!["lo".to_string()]);
+    let i = h.veth_add(&VethAdd::new("hta", "htb")).unwrap();
+    let seen: Vec<String> = ns.with(|h| Ok(h.link_list()?.into_iter().map(|l| l.name).collect()));
+    assert!(seen.contains(&"hta".to_string()), "{seen:?}");
+    h.link_del(i).unwrap();
+    assert_eq!(thread_netns_inode(), before);
+}
