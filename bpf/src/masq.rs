@@ -407,6 +407,15 @@ impl Masquerade {
         Ok(())
     }
 
+    /// Removes the record of the link with interface index `ifindex` without touching any
+    /// filter: for a link that no longer exists (its filters went with it), so that a new
+    /// link given the same index later is not taken for it. Idempotent.
+    pub fn forget(&mut self, ifindex: u32) -> Result<(), BpfError> {
+        absent_is_none(self.links.remove(&MasqLinkKey { ifindex }))
+            .map_err(map_err(MASQ_LINKS_MAP, "delete"))?;
+        Ok(())
+    }
+
     /// The links recorded in `masq4_links`, with their current names in `netns`, sorted by
     /// interface index.
     pub fn links(&self, netns: impl AsRef<Path>) -> Result<Vec<MasqLink>, BpfError> {
@@ -420,9 +429,11 @@ impl Masquerade {
                 .into_iter()
                 .map(|(k, v)| MasqLink {
                     ifindex: k.ifindex,
+                    // nix answers an empty name, not an error, for an index that is gone.
                     name: nix::net::if_::if_indextoname(k.ifindex)
                         .ok()
-                        .map(|c| c.to_string_lossy().into_owned()),
+                        .map(|c| c.to_string_lossy().into_owned())
+                        .filter(|n| !n.is_empty()),
                     addr: ip_from_map(v.addr),
                 })
                 .collect())

@@ -403,9 +403,11 @@ impl NodePortLb {
                 .into_iter()
                 .map(|(k, v)| NodeLink {
                     ifindex: k.ifindex,
+                    // nix answers an empty name, not an error, for an index that is gone.
                     name: nix::net::if_::if_indextoname(k.ifindex)
                         .ok()
-                        .map(|c| c.to_string_lossy().into_owned()),
+                        .map(|c| c.to_string_lossy().into_owned())
+                        .filter(|n| !n.is_empty()),
                     node_ip: ip_from_map(v.node_ip),
                     ingress: v.flags & LINK_F_INGRESS != 0,
                     egress: v.flags & LINK_F_EGRESS != 0,

@@ -469,8 +469,9 @@ pub struct MasqueradeConfig {
     #[serde(default)]
     pub enabled: bool,
     /// The uplinks (interface names in the manager's network namespace, e.g. `eth0` and the
-    /// secondary ENIs' links): pod traffic leaving through one of them is masqueraded to
-    /// that link's primary (first) IPv4 address.
+    /// secondary ENIs' links, or shell-style patterns such as `eth*`, rescanned every
+    /// `resync_interval_s`): pod traffic leaving through one of them is masqueraded to that
+    /// link's primary (first) IPv4 address.
     #[serde(default)]
     pub links: Vec<String>,
     /// ip-masq-agent's `nonMasqueradeCIDRs`: destinations never masqueraded. Default: its

@@ -180,41 +180,115 @@ pub fn desired_list(
     Ok(list)
 }
 
-/// Each configured link with the address pods are masqueraded to there: its first IPv4
-/// address (non-loopback) in the kernel's order, given the namespace's links (name, index)
-/// and addresses (index, address).
+/// Whether `entry` of `masquerade.links` is a pattern (`*` any run of characters, `?` one).
+pub fn is_pattern(entry: &str) -> bool {
+    entry.contains(['*', '?'])
+}
+
+/// Whether `name` matches the shell-style `pattern` (`*` and `?`; no escapes).
+pub fn matches(pattern: &str, name: &str) -> bool {
+    let (p, n) = (pattern.as_bytes(), name.as_bytes());
+    let (mut pi, mut ni) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == b'?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, ni));
+            pi += 1;
+        } else if let Some((sp, sn)) = star {
+            pi = sp + 1;
+            ni = sn + 1;
+            star = Some((sp, sn + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|b| *b == b'*')
+}
+
+/// The links to masquerade on, each with the address pods are masqueraded to there (its
+/// first non-loopback IPv4 address in the kernel's order), given `masquerade.links`, the
+/// namespace's links (name, index) and addresses (index, address); and the links a pattern
+/// matched that have no IPv4 address yet (left out until they have one).
+///
+/// A name must exist and have an address: otherwise the error names the entry. A pattern
+/// (`eth*`) takes every matching link that has an address, in the kernel's order, and may
+/// match none; `lo` is never taken.
 pub fn plan_links(
     links: &[String],
     have: &[(String, u32)],
     addrs: &[(u32, Ipv4Addr)],
-) -> Result<Vec<(String, Ipv4Addr)>, String> {
-    let mut out = Vec::new();
-    for (i, name) in links.iter().enumerate() {
-        let Some((_, index)) = have.iter().find(|(n, _)| n == name) else {
+) -> Result<LinkPlan, String> {
+    plan_links_with(links, have, addrs, true)
+}
+
+/// [`plan_links`]; not `strict` (the rescans after start): a named link that is missing or
+/// has no address is only left out (listed with the waiting ones), not an error.
+fn plan_links_with(
+    links: &[String],
+    have: &[(String, u32)],
+    addrs: &[(u32, Ipv4Addr)],
+    strict: bool,
+) -> Result<LinkPlan, String> {
+    let first_addr = |index: u32| {
+        addrs
+            .iter()
+            .find(|(idx, a)| *idx == index && !a.is_loopback())
+            .map(|(_, a)| *a)
+    };
+    let mut out: Vec<(String, Ipv4Addr)> = Vec::new();
+    let mut waiting = Vec::new();
+    for (i, entry) in links.iter().enumerate() {
+        if is_pattern(entry) {
+            for (name, index) in have {
+                if name == "lo" || !matches(entry, name) || out.iter().any(|(n, _)| n == name) {
+                    continue;
+                }
+                match first_addr(*index) {
+                    Some(a) => out.push((name.clone(), a)),
+                    None if !waiting.contains(name) => waiting.push(name.clone()),
+                    None => {}
+                }
+            }
+            continue;
+        }
+        let Some((_, index)) = have.iter().find(|(n, _)| n == entry) else {
+            if !strict {
+                waiting.push(entry.clone());
+                continue;
+            }
             return Err(format!(
-                "masquerade.links[{i}]: no link {name:?} on this node; the links are {}",
+                "masquerade.links[{i}]: no link {entry:?} on this node; the links are {}",
                 have.iter()
                     .map(|(n, _)| n.as_str())
                     .collect::<Vec<_>>()
                     .join(", ")
             ));
         };
-        let addr = addrs
-            .iter()
-            .find(|(idx, a)| idx == index && !a.is_loopback())
-            .map(|(_, a)| *a)
-            .ok_or_else(|| {
-                format!(
-                    "masquerade.links[{i}]: {name:?} has no IPv4 address to masquerade to; \
-                     configure its address first or remove it from the list"
-                )
-            })?;
-        out.push((name.clone(), addr));
+        let Some(addr) = first_addr(*index) else {
+            if !strict {
+                waiting.push(entry.clone());
+                continue;
+            }
+            return Err(format!(
+                "masquerade.links[{i}]: {entry:?} has no IPv4 address to masquerade to; \
+                 configure its address first or remove it from the list"
+            ));
+        };
+        if !out.iter().any(|(n, _)| n == entry) {
+            out.push((entry.clone(), addr));
+        }
     }
-    Ok(out)
+    waiting.retain(|w| !out.iter().any(|(n, _)| n == w));
+    Ok((out, waiting))
 }
 
-fn plan_from_kernel(links: &[String]) -> anyhow::Result<Vec<(String, Ipv4Addr)>> {
+/// The links to attach to, each with its address, and the links left out for now.
+pub type LinkPlan = (Vec<(String, Ipv4Addr)>, Vec<String>);
+
+fn plan_from_kernel(links: &[String], strict: bool) -> anyhow::Result<LinkPlan> {
     let mut h = eni_kernel::Handle::new().context("opening netlink")?;
     let have: Vec<(String, u32)> = h
         .link_list()
@@ -228,17 +302,18 @@ fn plan_from_kernel(links: &[String]) -> anyhow::Result<Vec<(String, Ipv4Addr)>>
         .into_iter()
         .map(|a| (a.index, a.address.addr()))
         .collect();
-    plan_links(links, &have, &addrs).map_err(anyhow::Error::msg)
+    plan_links_with(links, &have, &addrs, strict).map_err(anyhow::Error::msg)
 }
 
 /// The masquerade metrics (`eni_masquerade_*`).
 #[derive(Debug)]
 pub struct MasqueradeMetrics {
     dp: Arc<Mutex<eni_bpf::Masquerade>>,
-    links: u64,
+    links: AtomicU64,
     cidrs: AtomicU64,
     resyncs: AtomicU64,
     resync_failures: AtomicU64,
+    link_updates: AtomicU64,
 }
 
 impl crate::metrics::MetricsSource for MasqueradeMetrics {
@@ -253,7 +328,13 @@ impl crate::metrics::MetricsSource for MasqueradeMetrics {
             "eni_masquerade_links",
             "Uplinks the masquerade programs are attached to.",
             "gauge",
-            self.links,
+            self.links.load(Ordering::Relaxed),
+        );
+        put(
+            "eni_masquerade_link_updates_total",
+            "Attachments, detachments and forgotten links done by the rescans for the patterns of masquerade.links.",
+            "counter",
+            self.link_updates.load(Ordering::Relaxed),
         );
         put(
             "eni_masquerade_non_masquerade_cidrs",
@@ -269,7 +350,7 @@ impl crate::metrics::MetricsSource for MasqueradeMetrics {
         );
         put(
             "eni_masquerade_resync_failures_total",
-            "Re-reads of masquerade.config_file that failed (the list in force was kept).",
+            "Re-reads of masquerade.config_file, or link rescans, that failed (what was in force was kept).",
             "counter",
             self.resync_failures.load(Ordering::Relaxed),
         );
@@ -355,7 +436,10 @@ pub fn start(cfg: &MasqueradeConfig, pin_dir: &Path) -> anyhow::Result<Option<Ma
         disable_leftovers(pin_dir);
         return Ok(None);
     }
-    let links = plan_from_kernel(&cfg.links)?;
+    let (links, waiting) = plan_from_kernel(&cfg.links, true)?;
+    for w in &waiting {
+        info!(link = %w, "masquerade: link matches masquerade.links but has no IPv4 address yet; attached once it has one");
+    }
     let file = match &cfg.config_file {
         Some(p) => read_agent_file(p).map_err(anyhow::Error::msg)?,
         None => None,
@@ -380,20 +464,7 @@ pub fn start(cfg: &MasqueradeConfig, pin_dir: &Path) -> anyhow::Result<Option<Ma
     }
     match dp.links(OWN_NETNS) {
         Ok(recorded) => {
-            for old in recorded {
-                let Some(name) = old.name else { continue };
-                if links.iter().any(|(n, _)| *n == name) {
-                    continue;
-                }
-                match dp.detach(OWN_NETNS, &name) {
-                    Ok(()) => {
-                        info!(link = %name, "masquerade programs detached (no longer in masquerade.links)")
-                    }
-                    Err(e) => {
-                        warn!(link = %name, error = %e, "cannot detach the masquerade programs from a link no longer configured")
-                    }
-                }
-            }
+            prune(&mut dp, recorded, &links);
         }
         Err(e) => {
             warn!(error = %e, "cannot list the links the masquerade programs were attached to")
@@ -401,35 +472,128 @@ pub fn start(cfg: &MasqueradeConfig, pin_dir: &Path) -> anyhow::Result<Option<Ma
     }
     let metrics = Arc::new(MasqueradeMetrics {
         dp: Arc::new(Mutex::new(dp)),
-        links: links.len() as u64,
+        links: AtomicU64::new(links.len() as u64),
         cidrs: AtomicU64::new(list.len() as u64),
         resyncs: AtomicU64::new(0),
         resync_failures: AtomicU64::new(0),
+        link_updates: AtomicU64::new(0),
     });
     let (stop, stopped) = mpsc::channel::<()>();
-    let thread = match cfg.config_file.clone() {
-        Some(path) => {
-            let (cfg, m) = (cfg.clone(), metrics.clone());
-            let every = Duration::from_secs(cfg.resync_interval_s.max(1));
-            Some(
-                std::thread::Builder::new()
-                    .name("masq-resync".into())
-                    .spawn(move || {
-                        while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every)
-                        {
-                            resync(&cfg, &path, &m);
+    let patterns = cfg.links.iter().any(|l| is_pattern(l));
+    let thread = if cfg.config_file.is_some() || patterns {
+        let (cfg, m) = (cfg.clone(), metrics.clone());
+        let every = Duration::from_secs(cfg.resync_interval_s.max(1));
+        Some(
+            std::thread::Builder::new()
+                .name("masq-resync".into())
+                .spawn(move || {
+                    while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+                        if let Some(path) = &cfg.config_file {
+                            resync(&cfg, path, &m);
                         }
-                    })
-                    .context("starting the masquerade resync thread")?,
-            )
-        }
-        None => None,
+                        if patterns {
+                            relink(&cfg, &m);
+                        }
+                    }
+                })
+                .context("starting the masquerade resync thread")?,
+        )
+    } else {
+        None
     };
     Ok(Some(MasqueradeHandle {
         stop,
         thread,
         metrics,
     }))
+}
+
+/// Detaches from the `recorded` links that are not `planned` any more, and forgets the
+/// records of links that no longer exist (their filters went with them). Returns how many
+/// it changed.
+fn prune(
+    dp: &mut eni_bpf::Masquerade,
+    recorded: Vec<eni_bpf::MasqLink>,
+    planned: &[(String, Ipv4Addr)],
+) -> u64 {
+    let mut changed = 0;
+    for old in recorded {
+        let Some(name) = old.name else {
+            match dp.forget(old.ifindex) {
+                Ok(()) => {
+                    changed += 1;
+                    info!(
+                        ifindex = old.ifindex,
+                        "masquerade: a link it was attached to is gone; record removed"
+                    );
+                }
+                Err(e) => {
+                    warn!(ifindex = old.ifindex, error = %e, "masquerade: cannot remove the record of a link that is gone")
+                }
+            }
+            continue;
+        };
+        if planned.iter().any(|(n, _)| *n == name) {
+            continue;
+        }
+        match dp.detach(OWN_NETNS, &name) {
+            Ok(()) => {
+                changed += 1;
+                info!(link = %name, "masquerade programs detached (the link is not in masquerade.links, or lost its address)");
+            }
+            Err(e) => {
+                warn!(link = %name, error = %e, "cannot detach the masquerade programs from a link no longer configured");
+            }
+        }
+    }
+    changed
+}
+
+/// One rescan of the links for the patterns of `masquerade.links`: attaches to links that
+/// appeared (or whose address changed), detaches from links that went away or stopped
+/// matching. A failure is logged and counted; the next rescan tries again.
+fn relink(cfg: &MasqueradeConfig, m: &MasqueradeMetrics) {
+    let (links, _) = match plan_from_kernel(&cfg.links, false) {
+        Ok(p) => p,
+        Err(e) => {
+            m.resync_failures.fetch_add(1, Ordering::Relaxed);
+            warn!(error = %format!("{e:#}"), "masquerade: cannot read the links; will retry");
+            return;
+        }
+    };
+    let mut dp = m.dp.lock().unwrap_or_else(|p| p.into_inner());
+    let recorded = match dp.links(OWN_NETNS) {
+        Ok(r) => r,
+        Err(e) => {
+            m.resync_failures.fetch_add(1, Ordering::Relaxed);
+            warn!(error = %e, "masquerade: cannot list the links it is attached to; will retry");
+            return;
+        }
+    };
+    let mut changed = 0;
+    for (name, addr) in &links {
+        if recorded
+            .iter()
+            .any(|r| r.name.as_deref() == Some(name.as_str()) && r.addr == *addr)
+        {
+            continue;
+        }
+        match dp.attach(OWN_NETNS, name, *addr) {
+            Ok(n) => {
+                changed += 1;
+                info!(link = %name, address = %addr, newly_attached = n, "masquerade programs attached (a link matching masquerade.links appeared, or its address changed)");
+            }
+            Err(e) => {
+                m.resync_failures.fetch_add(1, Ordering::Relaxed);
+                warn!(link = %name, error = %e, "masquerade: cannot attach to a link matching masquerade.links; will retry");
+            }
+        }
+    }
+    changed += prune(&mut dp, recorded, &links);
+    m.link_updates.fetch_add(changed, Ordering::Relaxed);
+    if let Ok(now) = dp.links(OWN_NETNS) {
+        m.links.store(now.len() as u64, Ordering::Relaxed);
+    }
 }
 
 /// One re-read of the ip-masq-agent file; a bad file keeps the list in force.
@@ -671,6 +835,70 @@ mod tests {
     }
 
     #[test]
+    fn link_patterns_match_like_a_shell() {
+        for (p, n, want) in [
+            ("eth*", "eth0", true),
+            ("eth*", "eth", true),
+            ("eth*", "ens5", false),
+            ("e*5", "ens5", true),
+            ("e*5", "ens56", false),
+            ("eth?", "eth1", true),
+            ("eth?", "eth10", false),
+            ("*", "anything", true),
+            ("*x*y", "axbxcy", true),
+            ("*x*y", "axbxc", false),
+            ("eth0", "eth0", true),
+        ] {
+            assert_eq!(matches(p, n), want, "{p} ~ {n}");
+        }
+        assert!(is_pattern("eth*") && is_pattern("eth?") && !is_pattern("eth0"));
+    }
+
+    #[test]
+    fn patterns_take_every_matching_link_with_an_address() {
+        let have = vec![
+            ("lo".to_owned(), 1),
+            ("eth0".to_owned(), 2),
+            ("eth1".to_owned(), 3),
+            ("eth2".to_owned(), 4),
+            ("veth1234".to_owned(), 5),
+        ];
+        let a = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let addrs = vec![
+            (1, a("127.0.0.1")),
+            (2, a("10.0.0.5")),
+            (3, a("10.0.1.7")),
+            (5, a("169.254.1.1")),
+        ];
+        // eth2 has no address yet: waiting. lo and veth1234 do not match.
+        let (links, waiting) =
+            plan_links(&["eth0".to_owned(), "eth*".to_owned()], &have, &addrs).unwrap();
+        assert_eq!(
+            links,
+            vec![
+                ("eth0".to_owned(), a("10.0.0.5")),
+                ("eth1".to_owned(), a("10.0.1.7"))
+            ]
+        );
+        assert_eq!(waiting, vec!["eth2".to_owned()]);
+        // A pattern may match nothing; "*" never takes lo.
+        let (links, waiting) = plan_links(&["ens*".to_owned()], &have, &addrs).unwrap();
+        assert!(links.is_empty() && waiting.is_empty());
+        let (links, _) = plan_links(&["*".to_owned()], &have, &addrs).unwrap();
+        assert!(links.iter().all(|(n, _)| n != "lo"), "{links:?}");
+        // After start, a named link that went away is waited for, not an error.
+        let (links, waiting) = plan_links_with(
+            &["eth9".to_owned(), "eth*".to_owned()],
+            &have,
+            &addrs,
+            false,
+        )
+        .unwrap();
+        assert_eq!(links.len(), 2);
+        assert_eq!(waiting, vec!["eth9".to_owned(), "eth2".to_owned()]);
+    }
+
+    #[test]
     fn links_get_their_first_address_and_problems_are_named() {
         let have = vec![
             ("lo".to_owned(), 1),
@@ -687,10 +915,13 @@ mod tests {
         let links = vec!["eth1".to_owned(), "eth0".to_owned()];
         assert_eq!(
             plan_links(&links, &have, &addrs).unwrap(),
-            vec![
-                ("eth1".to_owned(), a("10.0.1.7")),
-                ("eth0".to_owned(), a("10.0.0.5"))
-            ]
+            (
+                vec![
+                    ("eth1".to_owned(), a("10.0.1.7")),
+                    ("eth0".to_owned(), a("10.0.0.5"))
+                ],
+                vec![]
+            )
         );
         let e = plan_links(&["eth9".to_owned()], &have, &addrs).unwrap_err();
         assert!(
@@ -779,7 +1010,7 @@ mod tests {
         let file = filedir.path().join("agent-config");
         let cfg = MasqueradeConfig {
             enabled: true,
-            links: vec!["up0".into()],
+            links: vec!["up0".into(), "up*".into()],
             vpc_cidrs: vec!["10.77.0.0/16".into()],
             config_file: None, // set below, to a file that appears later
             resync_interval_s: 1,
@@ -828,6 +1059,57 @@ mod tests {
                 .metrics_source()
                 .render()
                 .contains("eni_masquerade_resync_failures_total"));
+
+            // A link matching `up*` appears: a rescan attaches to it with its address; it
+            // goes away: its record goes too.
+            let ip = |args: &[&str]| {
+                let out = std::process::Command::new("ip")
+                    .args(args)
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{args:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            };
+            ip(&["link", "add", "up1", "type", "veth", "peer", "name", "pe1"]);
+            ip(&["addr", "add", "10.77.1.1/24", "dev", "up1"]);
+            let names = |dp: &eni_bpf::Masquerade| -> Vec<(Option<String>, Ipv4Addr)> {
+                dp.links(OWN_NETNS)
+                    .unwrap()
+                    .into_iter()
+                    .map(|l| (l.name, l.addr))
+                    .collect()
+            };
+            let wait_for = |want: &[(Option<String>, Ipv4Addr)]| {
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                while names(&dp) != want && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                assert_eq!(names(&dp), want);
+            };
+            let up0 = (Some("up0".to_owned()), Ipv4Addr::new(10, 77, 0, 1));
+            wait_for(&[
+                up0.clone(),
+                (Some("up1".to_owned()), Ipv4Addr::new(10, 77, 1, 1)),
+            ]);
+            let tc = std::process::Command::new("tc")
+                .args(["filter", "show", "dev", "up1", "egress"])
+                .output()
+                .unwrap();
+            assert!(
+                String::from_utf8_lossy(&tc.stdout).contains("masq4"),
+                "{tc:?}"
+            );
+            ip(&["link", "del", "up1"]);
+            wait_for(&[up0]);
+            let text = h.metrics_source().render();
+            assert!(text.contains("eni_masquerade_links 1"), "{text}");
+            assert!(
+                text.contains("eni_masquerade_link_updates_total 2"),
+                "{text}"
+            );
             h.stop();
             drop(dp);
 

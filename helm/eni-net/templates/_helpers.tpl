@@ -274,8 +274,8 @@ values that cannot work.
 {{- else }}
 {{- $seen := list }}
 {{- range $l := $links }}
-{{- if not (regexMatch "^[A-Za-z0-9_.-]{1,15}$" (toString $l)) }}
-{{- $p = append $p (printf "masquerade.links: %q is not an interface name (1-15 letters, digits, '_', '.' or '-'); use the name `ip link` shows on the node" $l) }}
+{{- if not (regexMatch "^[A-Za-z0-9_.*?-]{1,15}$" (toString $l)) }}
+{{- $p = append $p (printf "masquerade.links: %q is not an interface name or pattern (1-15 letters, digits, '_', '.', '-', '*' or '?'); use the name `ip link` shows on the node, or a pattern like eth*" $l) }}
 {{- else if has (toString $l) $seen }}
 {{- $p = append $p (printf "masquerade.links: %q is listed twice; remove one" $l) }}
 {{- end }}
