@@ -8,8 +8,9 @@
 //! nothing of what they do with the objects, and holds no state of its own.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use ::kube::config::{KubeConfigOptions, Kubeconfig};
@@ -280,6 +281,95 @@ where
                 Err(e) => Some(Err(e)),
             }
         })
+}
+
+/// The counters of a watch source of `N` kinds: per kind, objects received, lists
+/// completed and watch errors; and whether every initial list completed.
+#[derive(Debug)]
+pub struct WatchStats<const N: usize> {
+    kinds: [&'static str; N],
+    synced: AtomicBool,
+    events: [AtomicU64; N],
+    lists: [AtomicU64; N],
+    watch_errors: [AtomicU64; N],
+}
+
+impl<const N: usize> WatchStats<N> {
+    /// All zero, for the kinds named `kinds` (their `kind` label values, in index order).
+    pub fn new(kinds: [&'static str; N]) -> Self {
+        WatchStats {
+            kinds,
+            synced: AtomicBool::new(false),
+            events: std::array::from_fn(|_| AtomicU64::new(0)),
+            lists: std::array::from_fn(|_| AtomicU64::new(0)),
+            watch_errors: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+    /// Whether every initial list completed.
+    pub fn synced(&self) -> bool {
+        self.synced.load(Ordering::Relaxed)
+    }
+    /// Records that every initial list completed.
+    pub fn set_synced(&self) {
+        self.synced.store(true, Ordering::Relaxed);
+    }
+    /// Completed lists of kind `kind`.
+    pub fn lists(&self, kind: usize) -> u64 {
+        self.lists[kind].load(Ordering::Relaxed)
+    }
+    /// Watch errors (including `410 Gone`) of kind `kind`.
+    pub fn watch_errors(&self, kind: usize) -> u64 {
+        self.watch_errors[kind].load(Ordering::Relaxed)
+    }
+    /// The counters kind `kind` feeds.
+    pub fn counters(&self, kind: usize) -> KindCounters<'_> {
+        KindCounters {
+            events: &self.events[kind],
+            lists: &self.lists[kind],
+            watch_errors: &self.watch_errors[kind],
+        }
+    }
+    /// The text exposition: `{prefix}_synced` (a gauge, `synced_help`), then
+    /// `{prefix}_events_total`, `{prefix}_lists_total` and `{prefix}_watch_errors_total`
+    /// with one series per kind.
+    pub fn render(&self, prefix: &str, synced_help: &str) -> String {
+        let mut o = String::new();
+        let _ = writeln!(
+            o,
+            "# HELP {prefix}_synced {synced_help}\n# TYPE {prefix}_synced gauge\n{prefix}_synced {}",
+            u64::from(self.synced())
+        );
+        for (name, help, arr) in [
+            (
+                "events_total",
+                "Objects received from lists and watches.",
+                &self.events,
+            ),
+            (
+                "lists_total",
+                "Completed lists (the first, and re-lists after a restart or 410 Gone).",
+                &self.lists,
+            ),
+            (
+                "watch_errors_total",
+                "List and watch errors, 410 Gone included.",
+                &self.watch_errors,
+            ),
+        ] {
+            let _ = writeln!(
+                o,
+                "# HELP {prefix}_{name} {help}\n# TYPE {prefix}_{name} counter"
+            );
+            for (k, v) in self.kinds.iter().zip(arr) {
+                let _ = writeln!(
+                    o,
+                    "{prefix}_{name}{{kind=\"{k}\"}} {}",
+                    v.load(Ordering::Relaxed)
+                );
+            }
+        }
+        o
+    }
 }
 
 /// The counters one watched kind feeds.

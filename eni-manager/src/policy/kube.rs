@@ -17,7 +17,7 @@
 
 use std::fmt::Write as _;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ::kube::{Api, Client};
@@ -30,7 +30,8 @@ use tracing::info;
 
 use super::files::Objects;
 use crate::kubewatch::{
-    on_item, sleep_until, watch, watch_kept, Kind, KindCounters, KubeSourceError, Object, ObjectKey,
+    on_item, sleep_until, watch, watch_kept, Kind, KindCounters, KubeSourceError, Object,
+    ObjectKey, WatchStats,
 };
 
 /// Coalescing window: the first change after a hand-over waits this long for the rest of
@@ -104,27 +105,33 @@ pub fn pod_counts(pod: &ApiPod) -> bool {
 const KINDS: [&str; 3] = [NetworkPolicy::KIND, Pod::KIND, Namespace::KIND];
 
 /// Counters of the policy Kubernetes source, rendered like the manager's other metrics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PolicyKubeStats {
-    synced: AtomicBool,
-    events: [AtomicU64; 3],
-    lists: [AtomicU64; 3],
-    watch_errors: [AtomicU64; 3],
+    watch: WatchStats<3>,
     handovers: AtomicU64,
+}
+
+impl Default for PolicyKubeStats {
+    fn default() -> Self {
+        PolicyKubeStats {
+            watch: WatchStats::new(KINDS),
+            handovers: AtomicU64::new(0),
+        }
+    }
 }
 
 impl PolicyKubeStats {
     /// Whether all three initial lists completed.
     pub fn synced(&self) -> bool {
-        self.synced.load(Ordering::Relaxed)
+        self.watch.synced()
     }
     /// Completed lists of `NetworkPolicy` (index 0), `Pod` (1) or `Namespace` (2).
     pub fn lists(&self, kind: usize) -> u64 {
-        self.lists[kind].load(Ordering::Relaxed)
+        self.watch.lists(kind)
     }
     /// Watch errors (including `410 Gone`) of a kind.
     pub fn watch_errors(&self, kind: usize) -> u64 {
-        self.watch_errors[kind].load(Ordering::Relaxed)
+        self.watch.watch_errors(kind)
     }
     /// Objects handed over to the sync.
     pub fn handovers(&self) -> u64 {
@@ -133,34 +140,10 @@ impl PolicyKubeStats {
 
     /// The text exposition of these counters.
     pub fn render(&self) -> String {
-        let mut o = String::new();
-        let _ = writeln!(
-            o,
-            "# HELP eni_policy_kube_synced 1 once the initial lists of NetworkPolicies, Pods and Namespaces completed.\n# TYPE eni_policy_kube_synced gauge\neni_policy_kube_synced {}",
-            u64::from(self.synced())
+        let mut o = self.watch.render(
+            "eni_policy_kube",
+            "1 once the initial lists of NetworkPolicies, Pods and Namespaces completed.",
         );
-        for (name, help, arr) in [
-            (
-                "eni_policy_kube_events_total",
-                "Objects received from lists and watches.",
-                &self.events,
-            ),
-            (
-                "eni_policy_kube_lists_total",
-                "Completed lists (the first, and re-lists after a restart or 410 Gone).",
-                &self.lists,
-            ),
-            (
-                "eni_policy_kube_watch_errors_total",
-                "List and watch errors, 410 Gone included.",
-                &self.watch_errors,
-            ),
-        ] {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
-            for (k, v) in KINDS.iter().zip(arr) {
-                let _ = writeln!(o, "{name}{{kind=\"{k}\"}} {}", v.load(Ordering::Relaxed));
-            }
-        }
         let _ = writeln!(
             o,
             "# HELP eni_policy_kube_handovers_total Times the watched objects were handed to the policy sync.\n# TYPE eni_policy_kube_handovers_total counter\neni_policy_kube_handovers_total {}",
@@ -191,11 +174,7 @@ impl Default for KubeOptions {
 
 /// The counters of kind `idx`.
 fn counters(stats: &PolicyKubeStats, idx: usize) -> KindCounters<'_> {
-    KindCounters {
-        events: &stats.events[idx],
-        lists: &stats.lists[idx],
-        watch_errors: &stats.watch_errors[idx],
-    }
+    stats.watch.counters(idx)
 }
 
 /// Watches NetworkPolicies, Pods and Namespaces of every namespace through `client` until
@@ -250,7 +229,7 @@ where
         }
         if store.ready() && !was_ready {
             was_ready = true;
-            stats.synced.store(true, Ordering::Relaxed);
+            stats.watch.set_synced();
             info!(
                 policies = store.policies.objects().len(),
                 pods = store.pods.objects().len(),
@@ -359,7 +338,7 @@ mod tests {
     #[test]
     fn stats_render_each_kind() {
         let s = PolicyKubeStats::default();
-        s.lists[1].fetch_add(2, Ordering::Relaxed);
+        s.watch.counters(1).lists.fetch_add(2, Ordering::Relaxed);
         let text = s.render();
         assert!(
             text.contains("eni_policy_kube_lists_total{kind=\"Pod\"} 2\n"),

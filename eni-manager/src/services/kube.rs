@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ::kube::runtime::watcher::Event;
@@ -31,7 +31,7 @@ use k8s_openapi::api::core::v1::Service as ApiService;
 use k8s_openapi::api::discovery::v1::EndpointSlice as ApiEndpointSlice;
 use tracing::{info, info_span, warn};
 
-use crate::kubewatch::{on_item, sleep_until, watch, KindCounters};
+use crate::kubewatch::{on_item, sleep_until, watch, KindCounters, WatchStats};
 #[cfg(test)]
 use {super::types::ObjectMeta, crate::kubewatch::reduce};
 
@@ -111,29 +111,37 @@ impl KubeStore {
 const KINDS: [&str; 2] = [Service::KIND, EndpointSlice::KIND];
 
 /// Counters of the Kubernetes source, rendered like the manager's other metrics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct KubeStats {
-    synced: AtomicBool,
-    events: [AtomicU64; 2],
-    lists: [AtomicU64; 2],
-    watch_errors: [AtomicU64; 2],
+    watch: WatchStats<2>,
     reconciles: AtomicU64,
     reconcile_failures: AtomicU64,
     frontends: AtomicU64,
 }
 
+impl Default for KubeStats {
+    fn default() -> Self {
+        KubeStats {
+            watch: WatchStats::new(KINDS),
+            reconciles: AtomicU64::new(0),
+            reconcile_failures: AtomicU64::new(0),
+            frontends: AtomicU64::new(0),
+        }
+    }
+}
+
 impl KubeStats {
     /// Whether both initial lists completed.
     pub fn synced(&self) -> bool {
-        self.synced.load(Ordering::Relaxed)
+        self.watch.synced()
     }
     /// Completed lists of `Service` (index 0) or `EndpointSlice` (1).
     pub fn lists(&self, kind: usize) -> u64 {
-        self.lists[kind].load(Ordering::Relaxed)
+        self.watch.lists(kind)
     }
     /// Watch errors (including `410 Gone`) of a kind.
     pub fn watch_errors(&self, kind: usize) -> u64 {
-        self.watch_errors[kind].load(Ordering::Relaxed)
+        self.watch.watch_errors(kind)
     }
     /// Reconciles done (each one diffed the maps).
     pub fn reconciles(&self) -> u64 {
@@ -148,42 +156,10 @@ impl KubeStats {
                 let _ = writeln!(o, "{name}{labels} {v}");
             }
         }
-        let by_kind = |arr: &[AtomicU64; 2]| -> Vec<(String, u64)> {
-            KINDS
-                .iter()
-                .zip(arr)
-                .map(|(k, v)| (format!("{{kind=\"{k}\"}}"), v.load(Ordering::Relaxed)))
-                .collect()
-        };
-        let mut o = String::new();
-        family(
-            &mut o,
-            "eni_services_kube_synced",
+        let mut o = self.watch.render(
+            "eni_services_kube",
             "1 once the initial lists of Services and EndpointSlices completed.",
-            "gauge",
-            &[("", u64::from(self.synced()))],
         );
-        for (name, help, arr) in [
-            (
-                "eni_services_kube_events_total",
-                "Objects received from lists and watches.",
-                &self.events,
-            ),
-            (
-                "eni_services_kube_lists_total",
-                "Completed lists (the first, and re-lists after a restart or 410 Gone).",
-                &self.lists,
-            ),
-            (
-                "eni_services_kube_watch_errors_total",
-                "List and watch errors, 410 Gone included.",
-                &self.watch_errors,
-            ),
-        ] {
-            let series = by_kind(arr);
-            let series: Vec<(&str, u64)> = series.iter().map(|(l, v)| (l.as_str(), *v)).collect();
-            family(&mut o, name, help, "counter", &series);
-        }
         family(
             &mut o,
             "eni_services_reconciles_total",
@@ -241,11 +217,7 @@ impl Default for KubeOptions {
 
 /// The counters of kind `idx`.
 fn counters(stats: &KubeStats, idx: usize) -> KindCounters<'_> {
-    KindCounters {
-        events: &stats.events[idx],
-        lists: &stats.lists[idx],
-        watch_errors: &stats.watch_errors[idx],
-    }
+    stats.watch.counters(idx)
 }
 
 /// Watches Services and EndpointSlices through `client` and keeps `maps` in line with
@@ -398,7 +370,7 @@ where
         }
         if store.ready() && !was_ready {
             was_ready = true;
-            stats.synced.store(true, Ordering::Relaxed);
+            stats.watch.set_synced();
             info!(
                 services = store.services.objects().len(),
                 slices = store.slices.objects().len(),
@@ -614,7 +586,7 @@ mod tests {
     #[test]
     fn stats_render_each_series_under_its_header() {
         let s = KubeStats::default();
-        s.lists[1].fetch_add(2, Ordering::Relaxed);
+        s.watch.counters(1).lists.fetch_add(2, Ordering::Relaxed);
         let text = s.render();
         assert!(
             text.contains(
