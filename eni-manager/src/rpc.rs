@@ -60,7 +60,7 @@ impl RpcHandler {
         }
         if self.host_ports.is_none() {
             return Err(RpcError::new(
-                ErrorCode::BadRequest,
+                ErrorCode::Refused,
                 "port_mappings: this node does not serve host ports because services.nodeport \
                  is off in the manager's configuration; enable services.enabled and \
                  services.nodeport.enabled, or chain the reference portmap plugin after \
@@ -121,6 +121,7 @@ fn code_of(r: Reason) -> ErrorCode {
         Reason::Timeout => ErrorCode::Timeout,
         Reason::ShuttingDown => ErrorCode::ShuttingDown,
         Reason::Internal => ErrorCode::Internal,
+        Reason::Refused => ErrorCode::Refused,
     }
 }
 

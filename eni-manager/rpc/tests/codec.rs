@@ -332,6 +332,7 @@ fn error_codes_are_pascal_case_strings() {
         "Timeout",
         "ShuttingDown",
         "Internal",
+        "Refused",
     ];
     for (code, name) in ErrorCode::ALL.into_iter().zip(names) {
         assert_eq!(serde_json::to_string(&code).unwrap(), format!("\"{name}\""));

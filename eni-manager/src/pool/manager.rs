@@ -64,6 +64,8 @@ pub enum Reason {
     ShuttingDown,
     /// A bug or a storage failure.
     Internal,
+    /// Well formed but not grantable as asked (a host port another allocation holds).
+    Refused,
 }
 
 /// An allocation failure with its reason and an operator-facing message.
@@ -957,7 +959,8 @@ impl Manager {
         }
         if let Some(msg) = self.host_port_conflict(&req) {
             warn!(pod = %req.key, "{msg}");
-            let _ = reply.send(Err(AllocError::new(Reason::BadRequest, msg)));
+            self.metrics.allocation_failed(Reason::Refused);
+            let _ = reply.send(Err(AllocError::new(Reason::Refused, msg)));
             return;
         }
         let started = Instant::now();

@@ -525,7 +525,7 @@ async fn host_ports_are_exclusive_published_and_survive_a_restart() {
         .allocate(with_ports("b", &[(Some("192.168.1.10"), 8080, Tcp)]))
         .await
         .unwrap_err();
-    assert_eq!(e.reason, Reason::BadRequest);
+    assert_eq!(e.reason, Reason::Refused);
     assert!(
         e.message
             .contains("host port 192.168.1.10:8080/tcp is taken")

@@ -490,6 +490,49 @@ endpoints: [ { addresses: [10.0.0.1] } ]
     }
 
     #[test]
+    fn host_ports_ride_on_the_path_and_their_generation_is_reported_applied() {
+        use crate::hostports::{HostPort, HostPortEntry, HostPorts};
+        let hp = HostPorts::new();
+        let pod = Ipv4Addr::new(10, 0, 0, 9);
+        let g = hp.set(vec![HostPortEntry {
+            port: HostPort {
+                host_ip: None,
+                host_port: 8080,
+                protocol: eni_rpc::PortProtocol::Tcp,
+                container_port: 80,
+            },
+            pod_ip: pod,
+            holder: "c1/eth0".into(),
+        }]);
+        let frontends = BTreeMap::<ServiceKey, TrafficPolicy>::new();
+        let mut path =
+            NodePortPath::new(Box::new(frontends), vec![A, B]).with_host_ports(hp.clone());
+        let mut table = BTreeMap::new();
+        let want = path.extend(&[], &[], &mut table);
+        assert_eq!(
+            want.iter().map(|(k, p)| (*k, *p)).collect::<Vec<_>>(),
+            vec![
+                (key(A, 8080), TrafficPolicy::Local),
+                (key(B, 8080), TrafficPolicy::Local)
+            ]
+        );
+        assert_eq!(
+            table[&key(B, 8080)].backends[0].addr(),
+            std::net::SocketAddrV4::new(pod, 80)
+        );
+        assert_eq!(hp.applied(), 0, "nothing is applied before the write");
+        path.apply(&want);
+        assert_eq!(hp.applied(), g);
+        // Removed from the set: gone from both tables at the next pass.
+        let g2 = hp.set(Vec::new());
+        let mut table = BTreeMap::new();
+        let want = path.extend(&[], &[], &mut table);
+        assert!(want.is_empty() && table.is_empty());
+        path.apply(&want);
+        assert_eq!(hp.applied(), g2);
+    }
+
+    #[test]
     fn the_path_extends_the_table_then_writes_the_frontends_and_counts() {
         let mut loaded = super::super::files::Loaded::default();
         super::super::files::parse_into(std::path::Path::new("t.yaml"), NODEPORT_YAML, &mut loaded);
