@@ -648,7 +648,7 @@ fn nodeports_and_external_ips_from_another_node_survive_a_manager_crash() {
 
 /// A pod's `hostPort`s as the runtime passes them to a plugin with the `portMappings`
 /// capability.
-fn host_ports_netconf(mappings: serde_json::Value) -> serde_json::Value {
+fn host_ports_netconf(mappings: &serde_json::Value) -> serde_json::Value {
     json!({
         "capabilities": { "portMappings": true },
         "runtimeConfig": { "portMappings": mappings }
@@ -677,7 +677,7 @@ fn host_ports_through_eni_cni_from_another_node_survive_a_manager_crash() {
         {"hostPort": 8088, "containerPort": 8080, "protocol": "tcp", "hostIP": ""},
         {"hostPort": 8088, "containerPort": 8080, "protocol": "UDP"}
     ]);
-    let mut a1 = c.add_pod(Node::A, "veth", &host_ports_netconf(mappings.clone()));
+    let mut a1 = c.add_pod(Node::A, "veth", &host_ports_netconf(&mappings));
     println!("pod a1 {} ({})", a1.ip, a1.container);
     // The ADD answered once the host ports were in the maps.
     let served = metric(&metrics_a(&c), "eni_services_nodeport_frontends");
@@ -707,7 +707,7 @@ fn host_ports_through_eni_cni_from_another_node_survive_a_manager_crash() {
     let clash_conf = c.netconf(
         Node::A,
         "veth",
-        &host_ports_netconf(json!([{"hostPort": 8088, "containerPort": 80, "protocol": "tcp"}])),
+        &host_ports_netconf(&json!([{"hostPort": 8088, "containerPort": 80, "protocol": "tcp"}])),
     );
     let run = c.cni(
         Node::A,
@@ -731,7 +731,7 @@ fn host_ports_through_eni_cni_from_another_node_survive_a_manager_crash() {
     // Node B's manager runs without services.nodeport: host ports are refused there with
     // what to do.
     let b_ns = Netns::create(&format!("pod-b-hp-{}", std::process::id()));
-    let b_conf = c.netconf(Node::B, "veth", &host_ports_netconf(mappings.clone()));
+    let b_conf = c.netconf(Node::B, "veth", &host_ports_netconf(&mappings));
     let run = c.cni(
         Node::B,
         &CniEnv::add(
@@ -751,7 +751,7 @@ fn host_ports_through_eni_cni_from_another_node_survive_a_manager_crash() {
     let bad = c.netconf(
         Node::A,
         "veth",
-        &host_ports_netconf(json!([{"hostPort": 8089, "containerPort": 80, "protocol": "sctp"}])),
+        &host_ports_netconf(&json!([{"hostPort": 8089, "containerPort": 80, "protocol": "sctp"}])),
     );
     let run = c.cni(
         Node::A,
