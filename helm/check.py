@@ -244,6 +244,11 @@ def semantics(values_file: Path) -> None:
     conflist = json.loads(cm["data"][name])
     first = conflist["plugins"][0]
     assert first["type"] == "eni-cni" and first["socket"] == cfg["daemon"]["socket"]
+    # hostPort: eni-cni asks for the runtime's port mappings exactly when the manager
+    # serves them (services.nodeport).
+    np_on = svc_on and bool(values.get("services", {}).get("nodeport", {}).get("enabled"))
+    caps = first.get("capabilities", {})
+    assert caps.get("portMappings", False) == np_on, f"capabilities {caps}, nodeport {np_on}"
     assert conflist["cniVersion"] in ("0.4.0", "1.0.0", "1.1.0")
     cfg_env = next(e for e in container(ds, "cni-config")["env"] if e["name"] == "READYZ_URL")
     assert cfg_env["value"] == f"http://127.0.0.1:{port}/readyz"

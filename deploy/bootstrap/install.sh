@@ -35,6 +35,9 @@ The CNI configuration (kept as /etc/eni-manager/cni/10-eni-net.conflist and copi
   --conflist FILE      use this conflist, or build one from:
   --cni-mode MODE      auto | exclusive | ipvlan | veth (default auto)
   --cni-version V      0.4.0 | 1.0.0 | 1.1.0 (default 1.0.0)
+  --host-ports         give eni-cni the portMappings capability: pods' hostPort is served by
+                       the manager, which needs services.nodeport in its configuration
+                       (docs/services.md, "HostPort"); without it such pods are refused
 
 Other options:
   --force              replace an existing configuration and conflist
@@ -62,7 +65,7 @@ say() { echo "$PROG: $*"; }
 
 # ---- arguments -----------------------------------------------------------------------------
 FROM="" TARBALL="" CONFIG_FILE="" PROVIDER="" CLUSTER_ID="" REGION="" CREDENTIALS=""
-METRICS_ADDRESS="" CONFLIST_FILE="" CNI_MODE="" CNI_VERSION=""
+METRICS_ADDRESS="" CONFLIST_FILE="" CNI_MODE="" CNI_VERSION="" HOST_PORTS=0
 SUBNETS=() SECURITY_GROUPS=()
 FORCE=0 NO_START=0 ROOT="" DRY_RUN=0 UNINSTALL=0 PURGE=0 SKIP_CHECK=0
 
@@ -82,6 +85,7 @@ while [ $# -gt 0 ]; do
     --conflist) need_arg "$@"; CONFLIST_FILE="$2"; shift 2 ;;
     --cni-mode) need_arg "$@"; CNI_MODE="$2"; shift 2 ;;
     --cni-version) need_arg "$@"; CNI_VERSION="$2"; shift 2 ;;
+    --host-ports) HOST_PORTS=1; shift ;;
     --force) FORCE=1; shift ;;
     --no-start) NO_START=1; shift ;;
     --root) need_arg "$@"; ROOT="$2"; shift 2 ;;
@@ -331,11 +335,14 @@ fi
 
 if [ -n "$CONFLIST_FILE" ]; then
   [ -z "$CNI_MODE$CNI_VERSION" ] || problems+=("--conflist excludes --cni-mode and --cni-version")
+  [ "$HOST_PORTS" -eq 0 ] || problems+=("--conflist excludes --host-ports (put \"portMappings\": true in eni-cni's capabilities in the file)")
   [ -f "$CONFLIST_FILE" ] || problems+=("--conflist $CONFLIST_FILE: no such file")
   cp "$CONFLIST_FILE" "$TMP/conflist" 2>/dev/null || true
 else
   case "${CNI_MODE:-auto}" in auto | exclusive | ipvlan | veth) ;; *) problems+=("--cni-mode $CNI_MODE: use auto, exclusive, ipvlan or veth") ;; esac
   case "${CNI_VERSION:-1.0.0}" in 0.4.0 | 1.0.0 | 1.1.0) ;; *) problems+=("--cni-version $CNI_VERSION: use 0.4.0, 1.0.0 or 1.1.0") ;; esac
+  CAPABILITIES='"exclusiveEni": true'
+  [ "$HOST_PORTS" -eq 0 ] || CAPABILITIES="$CAPABILITIES, \"portMappings\": true"
   cat >"$TMP/conflist" <<EOF
 {
   "cniVersion": "${CNI_VERSION:-1.0.0}",
@@ -346,7 +353,7 @@ else
       "socket": "/run/eni-manager/eni-manager.sock",
       "mode": "${CNI_MODE:-auto}",
       "log_file": "/var/log/eni-cni.log",
-      "capabilities": {"exclusiveEni": true}
+      "capabilities": {$CAPABILITIES}
     }
   ]
 }

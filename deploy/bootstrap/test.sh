@@ -208,6 +208,18 @@ else
   fail "install from a release tarball with a given config file (rc $rc)" "$out11"
 fi
 
+HROOT="$WORK/hroot"
+mkdir -p "$HROOT"
+out11b="$(bash "$INSTALL" --tarball "$WORK/eni-net-0.1.0.tar.gz" --config "$cfg" --host-ports --root "$HROOT" 2>&1)"
+rc=$?
+if [ $rc -eq 0 ] && python3 -c 'import json,sys; c=json.load(open(sys.argv[1]))["plugins"][0]["capabilities"]; sys.exit(0 if c == {"exclusiveEni": True, "portMappings": True} else 1)' \
+  "$HROOT/etc/eni-manager/cni/10-eni-net.conflist" \
+  && ! grep -q portMappings "$TROOT/etc/eni-manager/cni/10-eni-net.conflist"; then
+  ok "--host-ports gives eni-cni the portMappings capability (and only then)"
+else
+  fail "--host-ports gives eni-cni the portMappings capability (rc $rc)" "$out11b"
+fi
+
 # ---- the readiness gate (the unit's ExecStartPost helper) ----------------------------------
 # Run the installed helper with its node paths pointed into the root, against a stand-in
 # manager: nothing written while /readyz is not 200; written once it is.

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use eni_rpc::{AttachmentRef, PodRef};
+use eni_rpc::{AttachmentRef, PodRef, PortMapping, PortProtocol};
 use serde_json::{Map, Value};
 
 use crate::error::{
@@ -125,6 +125,9 @@ pub struct NetConf {
     pub timeout_ms: u32,
     /// `runtimeConfig.exclusiveEni`.
     pub runtime_exclusive: bool,
+    /// `runtimeConfig.portMappings` (the `portMappings` capability), checked; only read
+    /// for ADD (DEL and CHECK ignore them: the manager knows what the pod holds).
+    pub port_mappings: Vec<PortMapping>,
     /// `prevResult`, when chained after another plugin (or for CHECK/DEL).
     pub prev_result: Option<Value>,
     /// `cni.dev/valid-attachments` (GC).
@@ -592,6 +595,10 @@ fn parse_netconf(stdin: &[u8], command: Option<Command>, p: &mut Problems) -> Op
         },
     };
 
+    let port_mappings = match (command, obj.get("runtimeConfig")) {
+        (Some(Command::Add), Some(Value::Object(rc))) => parse_port_mappings(rc, p),
+        _ => Vec::new(),
+    };
     let runtime_exclusive = match obj.get("runtimeConfig") {
         None | Some(Value::Null) => false,
         Some(Value::Object(rc)) => match rc.get("exclusiveEni") {
@@ -650,9 +657,148 @@ fn parse_netconf(stdin: &[u8], command: Option<Command>, p: &mut Problems) -> Op
         log_level,
         timeout_ms,
         runtime_exclusive,
+        port_mappings,
         prev_result,
         valid_attachments,
     })
+}
+
+/// `runtimeConfig.portMappings`: `[{"hostPort", "containerPort", "protocol", "hostIP"}]`, as
+/// the runtime fills it for a pod's `hostPort`s when the conflist gives this plugin the
+/// `portMappings` capability. Every entry is checked before anything is asked for: ports
+/// 1-65535, protocol `tcp` or `udp` (any case; absent or empty: `tcp`), `hostIP` absent,
+/// empty, `0.0.0.0` (every node address) or one IPv4 address, and no two entries on the
+/// same host port, protocol and address.
+fn parse_port_mappings(rc: &Map<String, Value>, p: &mut Problems) -> Vec<PortMapping> {
+    let items = match rc.get("portMappings") {
+        None | Some(Value::Null) => return Vec::new(),
+        Some(Value::Array(items)) => items,
+        Some(other) => {
+            p.add(
+                INVALID_NETCONF,
+                format!("runtimeConfig.portMappings must be a list of {{hostPort, containerPort, protocol, hostIP}}, got {other}"),
+            );
+            return Vec::new();
+        }
+    };
+    let mut out: Vec<PortMapping> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let field = format!("runtimeConfig.portMappings[{i}]");
+        let Some(m) = item.as_object() else {
+            p.add(
+                INVALID_NETCONF,
+                format!("{field} must be an object {{hostPort, containerPort, protocol, hostIP}}, got {item}"),
+            );
+            continue;
+        };
+        let port = |name: &str, p: &mut Problems| -> Option<u16> {
+            match m.get(name) {
+                Some(v) => match v.as_u64().and_then(|n| u16::try_from(n).ok()) {
+                    Some(n) if n > 0 => Some(n),
+                    _ => {
+                        p.add(
+                            INVALID_NETCONF,
+                            format!("{field}.{name} {v} is invalid; give a port from 1 to 65535"),
+                        );
+                        None
+                    }
+                },
+                None => {
+                    p.add(
+                        INVALID_NETCONF,
+                        format!("{field}.{name} is missing; give a port from 1 to 65535"),
+                    );
+                    None
+                }
+            }
+        };
+        let host_port = port("hostPort", p);
+        let container_port = port("containerPort", p);
+        let protocol = match m.get("protocol") {
+            None | Some(Value::Null) => Some(PortProtocol::Tcp),
+            Some(Value::String(s)) => match s.to_ascii_lowercase().as_str() {
+                "" | "tcp" => Some(PortProtocol::Tcp),
+                "udp" => Some(PortProtocol::Udp),
+                "sctp" => {
+                    p.add(
+                        UNSUPPORTED_FIELD,
+                        format!("{field}.protocol \"{s}\" is not supported: eni-cni serves TCP and UDP host ports only; use tcp or udp, or chain the reference portmap plugin for SCTP"),
+                    );
+                    None
+                }
+                _ => {
+                    p.add(
+                        INVALID_NETCONF,
+                        format!("{field}.protocol {s:?} is unknown; use tcp or udp"),
+                    );
+                    None
+                }
+            },
+            Some(other) => {
+                p.add(
+                    INVALID_NETCONF,
+                    format!("{field}.protocol must be a string (tcp or udp), got {other}"),
+                );
+                None
+            }
+        };
+        let host_ip = match m.get("hostIP") {
+            None | Some(Value::Null) => Some(None),
+            Some(Value::String(s)) if s.is_empty() => Some(None),
+            Some(Value::String(s)) => match s.parse::<std::net::IpAddr>() {
+                Ok(std::net::IpAddr::V4(ip)) if ip.is_unspecified() => Some(None),
+                Ok(std::net::IpAddr::V4(ip)) => Some(Some(ip)),
+                Ok(std::net::IpAddr::V6(_)) => {
+                    p.add(
+                        UNSUPPORTED_FIELD,
+                        format!("{field}.hostIP {s} is IPv6, which eni-cni does not support for host ports; leave hostIP empty or give an IPv4 address of the node"),
+                    );
+                    None
+                }
+                Err(_) => {
+                    p.add(
+                        INVALID_NETCONF,
+                        format!("{field}.hostIP {s:?} is not an IP address; leave it empty (every node address) or give an IPv4 address of the node"),
+                    );
+                    None
+                }
+            },
+            Some(other) => {
+                p.add(
+                    INVALID_NETCONF,
+                    format!("{field}.hostIP must be a string, got {other}"),
+                );
+                None
+            }
+        };
+        let (Some(host_port), Some(container_port), Some(protocol), Some(host_ip)) =
+            (host_port, container_port, protocol, host_ip)
+        else {
+            continue;
+        };
+        let mapping = PortMapping {
+            host_port,
+            container_port,
+            protocol,
+            host_ip,
+        };
+        if let Some(j) = out.iter().position(|o| {
+            o.host_port == host_port
+                && o.protocol == protocol
+                && (o.host_ip.is_none() || host_ip.is_none() || o.host_ip == host_ip)
+        }) {
+            p.add(
+                INVALID_NETCONF,
+                format!(
+                    "{field} uses host port {host_port}/{} again (already in entry {j} of runtimeConfig.portMappings); give each hostPort, protocol and hostIP once",
+                    protocol.as_str()
+                ),
+            );
+            continue;
+        }
+        out.push(mapping);
+    }
+    out
 }
 
 fn parse_valid_attachments(
@@ -795,6 +941,127 @@ mod tests {
             ("CNI_NETNS", "/var/run/netns/gone-already"),
         ];
         assert!(run(&env, GOOD).is_ok());
+    }
+
+    fn add_with_mappings(mappings: &str) -> Result<Vec<PortMapping>, CniError> {
+        let conf = format!(
+            r#"{{"cniVersion":"1.1.0","name":"eni","type":"eni-cni","capabilities":{{"portMappings":true}},"runtimeConfig":{{"portMappings":{mappings}}}}}"#
+        );
+        run(&ADD, &conf).map(|inv| inv.conf.unwrap().port_mappings)
+    }
+
+    #[test]
+    fn port_mappings_are_read_from_runtime_config() {
+        let got = add_with_mappings(
+            r#"[{"hostPort":8080,"containerPort":80,"protocol":"tcp"},
+                {"hostPort":8080,"containerPort":80,"protocol":"UDP","hostIP":""},
+                {"hostPort":9090,"containerPort":90,"hostIP":"192.168.1.10"},
+                {"hostPort":9091,"containerPort":91,"protocol":"Tcp","hostIP":"0.0.0.0"}]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            got,
+            vec![
+                PortMapping {
+                    host_port: 8080,
+                    container_port: 80,
+                    protocol: PortProtocol::Tcp,
+                    host_ip: None
+                },
+                PortMapping {
+                    host_port: 8080,
+                    container_port: 80,
+                    protocol: PortProtocol::Udp,
+                    host_ip: None
+                },
+                PortMapping {
+                    host_port: 9090,
+                    container_port: 90,
+                    protocol: PortProtocol::Tcp,
+                    host_ip: Some("192.168.1.10".parse().unwrap())
+                },
+                PortMapping {
+                    host_port: 9091,
+                    container_port: 91,
+                    protocol: PortProtocol::Tcp,
+                    host_ip: None
+                },
+            ]
+        );
+        assert!(add_with_mappings("[]").unwrap().is_empty());
+        assert!(add_with_mappings("null").unwrap().is_empty());
+        assert!(run(&ADD, GOOD)
+            .unwrap()
+            .conf
+            .unwrap()
+            .port_mappings
+            .is_empty());
+    }
+
+    #[test]
+    fn bad_port_mappings_are_refused_naming_the_field() {
+        let e = add_with_mappings(
+            r#"[{"hostPort":0,"containerPort":80},
+                {"hostPort":70000,"containerPort":80},
+                {"hostPort":81,"containerPort":"80"},
+                {"hostPort":82,"containerPort":80,"protocol":"icmp"},
+                {"hostPort":83,"containerPort":80,"hostIP":"not-an-ip"},
+                {"containerPort":80},
+                {"hostPort":84,"containerPort":80,"hostIP":"10.0.0.1"},
+                {"hostPort":84,"containerPort":81}]"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.code, INVALID_NETCONF);
+        for needle in [
+            "runtimeConfig.portMappings[0].hostPort 0 is invalid; give a port from 1 to 65535",
+            "runtimeConfig.portMappings[1].hostPort 70000 is invalid",
+            "runtimeConfig.portMappings[2].containerPort \"80\" is invalid",
+            "runtimeConfig.portMappings[3].protocol \"icmp\" is unknown; use tcp or udp",
+            "runtimeConfig.portMappings[4].hostIP \"not-an-ip\" is not an IP address",
+            "runtimeConfig.portMappings[5].hostPort is missing",
+            "runtimeConfig.portMappings[7] uses host port 84/tcp again (already in entry 0",
+        ] {
+            assert!(e.msg.contains(needle), "{needle:?} not in {}", e.msg);
+        }
+        let e = add_with_mappings(r#"[{"hostPort":80,"containerPort":80,"protocol":"SCTP"}]"#)
+            .unwrap_err();
+        assert_eq!(e.code, UNSUPPORTED_FIELD);
+        assert!(
+            e.msg
+                .contains("runtimeConfig.portMappings[0].protocol \"SCTP\" is not supported"),
+            "{}",
+            e.msg
+        );
+        let e = add_with_mappings(
+            r#"[{"hostPort":80,"containerPort":80,"protocol":"tcp","hostIP":"fd00::1"}]"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.code, UNSUPPORTED_FIELD);
+        assert!(
+            e.msg
+                .contains("runtimeConfig.portMappings[0].hostIP fd00::1 is IPv6"),
+            "{}",
+            e.msg
+        );
+        let e = add_with_mappings(r#"{"hostPort":80}"#).unwrap_err();
+        assert!(
+            e.msg.contains("runtimeConfig.portMappings must be a list"),
+            "{}",
+            e.msg
+        );
+    }
+
+    #[test]
+    fn del_ignores_port_mappings() {
+        let env = [
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", "abc"),
+            ("CNI_IFNAME", "eth0"),
+        ];
+        let conf = r#"{"cniVersion":"1.1.0","name":"eni","type":"eni-cni",
+            "runtimeConfig":{"portMappings":[{"hostPort":0,"containerPort":80,"protocol":"sctp"}]}}"#;
+        let inv = run(&env, conf).expect("DEL must not fail on what only ADD uses");
+        assert!(inv.conf.unwrap().port_mappings.is_empty());
     }
 
     #[test]

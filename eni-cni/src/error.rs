@@ -46,6 +46,9 @@ pub const MANAGER_PROTOCOL: u32 = 106;
 pub const MANAGER_INTERNAL: u32 = 107;
 /// Ours: the kernel refused to wire (or unwire) the pod's datapath.
 pub const DATAPATH: u32 = 108;
+/// Ours: eni-manager refused the request as asked (a host port another pod holds, host
+/// ports on a node that does not serve them); the message says what to change.
+pub const REFUSED: u32 = 109;
 
 /// A CNI error, as printed on stdout: `{"cniVersion","code","msg","details"}`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -153,6 +156,7 @@ pub fn from_client(op: &str, err: &ClientError) -> CniError {
             MANAGER_PROTOCOL,
             format!("{op}: eni-manager refused the request ({}): {m}; upgrade eni-cni and eni-manager together", remote.code),
         ),
+        ErrorCode::Refused => (REFUSED, format!("{op}: eni-manager refused the request: {m}")),
         ErrorCode::Internal => (
             MANAGER_INTERNAL,
             format!("{op}: eni-manager failed: {m}; see the eni-manager log"),
@@ -192,6 +196,7 @@ mod tests {
             (ErrorCode::Timeout, TRY_AGAIN_LATER),
             (ErrorCode::ShuttingDown, TRY_AGAIN_LATER),
             (ErrorCode::Internal, MANAGER_INTERNAL),
+            (ErrorCode::Refused, REFUSED),
         ];
         assert_eq!(expect.len(), ErrorCode::ALL.len());
         for (code, cni) in expect {

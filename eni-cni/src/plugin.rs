@@ -180,6 +180,7 @@ fn add(inv: &Invocation, conf: &NetConf) -> Result<Value, CniError> {
             pod: env.pod.clone(),
             exclusive: datapath == Datapath::Exclusive,
             timeout_ms: conf.timeout_ms,
+            port_mappings: conf.port_mappings.clone(),
         })
         .map_err(|e| error::from_client("ADD", &e))?;
     let datapath = if alloc.exclusive != (datapath == Datapath::Exclusive) {

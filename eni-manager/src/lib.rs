@@ -4,10 +4,12 @@
 //! `config` reads and checks the configuration; `provider` builds the cloud client;
 //! `services` feeds Service definitions to the eBPF socket load balancer (`eni_bpf`);
 //! `policy` keeps the per-pod NetworkPolicy rules in the eBPF policy maps; `masquerade`
-//! SNATs pod traffic leaving the node in eBPF (ip-masq-agent semantics).
+//! SNATs pod traffic leaving the node in eBPF (ip-masq-agent semantics); `hostports` carries
+//! the pods' host ports from the pool to the services loop.
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod hostports;
 pub mod kubewatch;
 pub mod masquerade;
 pub mod metrics;

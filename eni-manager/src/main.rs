@@ -211,10 +211,26 @@ async fn run(cfg: Config) -> anyhow::Result<ExitCode> {
     })?;
     // Services first: the socket load balancer does not depend on the cloud, and pinned
     // maps adopted here keep serving while the rest starts.
+    // The pods' host ports, when the node serves them (they ride on services.nodeport's
+    // per-packet path): filled from the store before the services loop adopts the pinned
+    // maps, so its first reconcile keeps serving them while the pool starts.
+    let host_ports = (cfg.services.enabled && cfg.services.nodeport.enabled).then(|| {
+        let hp = eni_manager::hostports::HostPorts::new();
+        match eni_manager::store::Store::read_state(&cfg.daemon.state_dir) {
+            Ok(state) => {
+                hp.set(eni_manager::pool::manager::Manager::host_port_entries(&state));
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot read the stored host ports before the pool starts; they are served once the pool has opened the store")
+            }
+        }
+        hp
+    });
     let services = if cfg.services.enabled {
         let c = cfg.services.clone();
+        let hp = host_ports.clone();
         Some(
-            tokio::task::spawn_blocking(move || eni_manager::services::start(&c))
+            tokio::task::spawn_blocking(move || eni_manager::services::start(&c, hp))
                 .await
                 .context("starting services")??,
         )
@@ -344,6 +360,10 @@ async fn run(cfg: Config) -> anyhow::Result<ExitCode> {
     )
     .await
     .context("opening the state store")?;
+    let manager = match &host_ports {
+        Some(hp) => manager.with_host_ports(hp.clone()),
+        None => manager,
+    };
     let actor = tokio::spawn(manager.run());
     let mut handler = RpcHandler::new(
         pool.clone(),
@@ -351,6 +371,9 @@ async fn run(cfg: Config) -> anyhow::Result<ExitCode> {
         cfg.cloud.provider_name(),
         cfg.network.mtu,
     );
+    if let Some(hp) = host_ports {
+        handler = handler.with_host_ports(hp);
+    }
     if cfg.policy.enabled {
         // Before the socket is served: no pod is answered before its rules can be written.
         let policy = eni_manager::policy::start(&cfg.policy, cfg.policy_pin_dir(), pool)

@@ -81,6 +81,7 @@ pub fn reason_label(r: Reason) -> &'static str {
         Reason::Timeout => "timeout",
         Reason::ShuttingDown => "shutting_down",
         Reason::Internal => "internal",
+        Reason::Refused => "refused",
     }
 }
 

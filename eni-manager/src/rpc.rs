@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use eni_rpc::{
     AllocateRequest, Allocation, Allocations, EniStatus, ErrorCode, GcResult, IpStatus, NodeStatus,
-    PodRef, PoolStatus, Released, Request, Response, RpcError, Status,
+    PodRef, PoolStatus, PortMapping, Released, Request, Response, RpcError, Status,
 };
 
+use crate::hostports::{HostPort, HostPorts};
 use crate::metrics::Metrics;
 use crate::pool::manager::{AllocError, AllocRequest, Granted, PoolHandle, Reason, StatusView};
 use crate::pool::state::{AllocKey, EniKind, EniPhase, PodInfo};
@@ -24,7 +25,11 @@ pub struct RpcHandler {
     provider: &'static str,
     mtu: u32,
     policy: Option<Arc<crate::policy::PolicySync>>,
+    host_ports: Option<HostPorts>,
 }
+
+/// How long an ADD (or DEL) with host ports waits for the services loop to write them.
+pub const HOST_PORT_WAIT: Duration = Duration::from_secs(3);
 
 impl RpcHandler {
     /// A handler answering from `pool`.
@@ -35,6 +40,43 @@ impl RpcHandler {
             provider,
             mtu,
             policy: None,
+            host_ports: None,
+        }
+    }
+
+    /// Serves host ports (`port_mappings`): the node runs the per-packet path
+    /// (`services.nodeport`) and the services loop reads `hp`. Without this, an allocate
+    /// asking for host ports is refused.
+    pub fn with_host_ports(mut self, hp: HostPorts) -> Self {
+        self.host_ports = Some(hp);
+        self
+    }
+
+    /// The request's port mappings in the pool's form, checked; refused when this node
+    /// does not serve host ports.
+    fn host_ports_of(&self, mappings: &[PortMapping]) -> Result<Vec<HostPort>, RpcError> {
+        if mappings.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.host_ports.is_none() {
+            return Err(RpcError::new(
+                ErrorCode::Refused,
+                "port_mappings: this node does not serve host ports because services.nodeport \
+                 is off in the manager's configuration; enable services.enabled and \
+                 services.nodeport.enabled, or chain the reference portmap plugin after \
+                 eni-cni and remove \"portMappings\" from eni-cni's capabilities in the conflist",
+            ));
+        }
+        crate::hostports::validate(mappings).map_err(|e| RpcError::new(ErrorCode::BadRequest, e))
+    }
+
+    /// Waits (at most [`HOST_PORT_WAIT`]) until the services loop has written the host
+    /// ports the pool published for `g`'s change; logs when it has not.
+    async fn wait_host_ports(&self, op: &str, g: &Granted) {
+        let Some(hp) = &self.host_ports else { return };
+        let want = hp.generation();
+        if !hp.wait_applied(want, HOST_PORT_WAIT).await {
+            tracing::warn!(op, container = %g.alloc.key, ip = %g.alloc.ip, generation = want, applied = hp.applied(), "the host ports are not in the maps yet; the services loop writes them at its next reconcile");
         }
     }
 
@@ -79,6 +121,7 @@ fn code_of(r: Reason) -> ErrorCode {
         Reason::Timeout => ErrorCode::Timeout,
         Reason::ShuttingDown => ErrorCode::ShuttingDown,
         Reason::Internal => ErrorCode::Internal,
+        Reason::Refused => ErrorCode::Refused,
     }
 }
 
@@ -194,7 +237,9 @@ impl eni_rpc::server::Handler for RpcHandler {
                 pod,
                 exclusive,
                 timeout_ms,
+                port_mappings,
             }) => {
+                let host_ports = self.host_ports_of(&port_mappings)?;
                 let req = AllocRequest {
                     key: key(container_id, ifname),
                     netns,
@@ -205,8 +250,12 @@ impl eni_rpc::server::Handler for RpcHandler {
                     }),
                     exclusive,
                     timeout: (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms.into())),
+                    host_ports,
                 };
                 let g = self.pool.allocate(req).await.map_err(rpc_err)?;
+                if !g.alloc.host_ports.is_empty() {
+                    self.wait_host_ports("allocate", &g).await;
+                }
                 if let Some(p) = &self.policy {
                     // Only the new pod's own entry is written before the answer; the
                     // rules of its peers follow at once on the policy loop.
@@ -225,6 +274,9 @@ impl eni_rpc::server::Handler for RpcHandler {
                     .release(key(r.container_id, r.ifname))
                     .await
                     .map_err(rpc_err)?;
+                if let Some(g) = g.as_ref().filter(|g| !g.alloc.host_ports.is_empty()) {
+                    self.wait_host_ports("release", g).await;
+                }
                 if g.is_some() {
                     self.sync_policy("release").await;
                 }
@@ -261,6 +313,9 @@ impl eni_rpc::server::Handler for RpcHandler {
                     .map(|a| key(a.container_id, a.ifname))
                     .collect();
                 let released = self.pool.gc(valid).await.map_err(rpc_err)?;
+                if let Some(g) = released.iter().find(|g| !g.alloc.host_ports.is_empty()) {
+                    self.wait_host_ports("gc", g).await;
+                }
                 if !released.is_empty() {
                     self.sync_policy("gc").await;
                 }

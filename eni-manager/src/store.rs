@@ -90,20 +90,27 @@ pub struct Opened {
 }
 
 impl Store {
+    /// The model the store in `dir` holds, read without changing anything (a missing
+    /// store is an empty model; a torn tail is ignored as [`open`](Self::open) would).
+    /// For a look before the pool opens the store, e.g. to serve the pods' host ports
+    /// while the manager starts; never while the pool runs.
+    pub fn read_state(dir: &Path) -> Result<PoolState, StoreError> {
+        let mut state = read_snapshot(dir)?;
+        let jpath = dir.join("journal");
+        let bytes = match std::fs::read(&jpath) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(state),
+            Err(e) => return Err(io(&jpath, "read journal")(e)),
+        };
+        replay(&jpath, &bytes, &mut state)?;
+        Ok(state)
+    }
+
     /// Opens (creating if needed) the store in `dir` and replays it.
     pub fn open(dir: &Path) -> Result<Opened, StoreError> {
         std::fs::create_dir_all(dir).map_err(io(dir, "create directory"))?;
         restrict(dir);
-        let snap_path = dir.join("snapshot.json");
-        let mut state = if snap_path.exists() {
-            let bytes = std::fs::read(&snap_path).map_err(io(&snap_path, "read snapshot"))?;
-            serde_json::from_slice(&bytes).map_err(|e| StoreError::BadSnapshot {
-                path: snap_path.clone(),
-                message: e.to_string(),
-            })?
-        } else {
-            PoolState::default()
-        };
+        let mut state = read_snapshot(dir)?;
         let jpath = dir.join("journal");
         let mut journal = OpenOptions::new()
             .read(true)
@@ -116,41 +123,7 @@ impl Store {
         journal
             .read_to_end(&mut bytes)
             .map_err(io(&jpath, "read journal"))?;
-        let mut offset = 0usize;
-        let mut replayed = 0usize;
-        let mut discarded_tail = false;
-        while offset + 8 <= bytes.len() {
-            let len = u32::from_le_bytes(bytes[offset..offset + 4].try_into().expect("4 bytes"));
-            if len == 0 {
-                break;
-            }
-            let crc =
-                u32::from_le_bytes(bytes[offset + 4..offset + 8].try_into().expect("4 bytes"));
-            let end = offset + 8 + len as usize;
-            if len > MAX_RECORD || end > bytes.len() {
-                discarded_tail = true;
-                break;
-            }
-            let body = &bytes[offset + 8..end];
-            if crc32fast::hash(body) != crc {
-                discarded_tail = true;
-                break;
-            }
-            let event: Event = match serde_json::from_slice(body) {
-                Ok(e) => e,
-                Err(_) => {
-                    discarded_tail = true;
-                    break;
-                }
-            };
-            state.apply(&event).map_err(|e| StoreError::Inconsistent {
-                path: jpath.clone(),
-                index: replayed,
-                message: e.0,
-            })?;
-            replayed += 1;
-            offset = end;
-        }
+        let (offset, replayed, discarded_tail) = replay(&jpath, &bytes, &mut state)?;
         if discarded_tail {
             // Zero the rest so a later replay stops at the same place.
             let zeros = vec![0u8; bytes.len() - offset];
@@ -276,6 +249,62 @@ impl Store {
     }
 }
 
+fn read_snapshot(dir: &Path) -> Result<PoolState, StoreError> {
+    let snap_path = dir.join("snapshot.json");
+    if !snap_path.exists() {
+        return Ok(PoolState::default());
+    }
+    let bytes = std::fs::read(&snap_path).map_err(io(&snap_path, "read snapshot"))?;
+    serde_json::from_slice(&bytes).map_err(|e| StoreError::BadSnapshot {
+        path: snap_path.clone(),
+        message: e.to_string(),
+    })
+}
+
+/// Applies the journal's good records to `state`: returns the offset after the last one,
+/// how many there were, and whether a torn or corrupt tail follows.
+fn replay(
+    jpath: &Path,
+    bytes: &[u8],
+    state: &mut PoolState,
+) -> Result<(usize, usize, bool), StoreError> {
+    let mut offset = 0usize;
+    let mut replayed = 0usize;
+    let mut discarded_tail = false;
+    while offset + 8 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[offset..offset + 4].try_into().expect("4 bytes"));
+        if len == 0 {
+            break;
+        }
+        let crc = u32::from_le_bytes(bytes[offset + 4..offset + 8].try_into().expect("4 bytes"));
+        let end = offset + 8 + len as usize;
+        if len > MAX_RECORD || end > bytes.len() {
+            discarded_tail = true;
+            break;
+        }
+        let body = &bytes[offset + 8..end];
+        if crc32fast::hash(body) != crc {
+            discarded_tail = true;
+            break;
+        }
+        let event: Event = match serde_json::from_slice(body) {
+            Ok(e) => e,
+            Err(_) => {
+                discarded_tail = true;
+                break;
+            }
+        };
+        state.apply(&event).map_err(|e| StoreError::Inconsistent {
+            path: jpath.to_path_buf(),
+            index: replayed,
+            message: e.0,
+        })?;
+        replayed += 1;
+        offset = end;
+    }
+    Ok((offset, replayed, discarded_tail))
+}
+
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -325,6 +354,7 @@ mod tests {
             pod: None,
             exclusive: false,
             at_ms: 5,
+            host_ports: Vec::new(),
         })
     }
 
@@ -386,6 +416,66 @@ mod tests {
         let o = Store::open(dir.path()).unwrap();
         assert_eq!(o.state, state);
         assert_eq!(o.replayed, 1);
+    }
+
+    #[test]
+    fn host_ports_round_trip_and_old_records_without_them_load() {
+        use crate::hostports::HostPort;
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = Store::open(dir.path()).unwrap();
+        let Event::Allocated(mut rec) = alloc(1) else {
+            unreachable!()
+        };
+        rec.host_ports = vec![
+            HostPort {
+                host_ip: None,
+                host_port: 8080,
+                protocol: eni_rpc::PortProtocol::Tcp,
+                container_port: 80,
+            },
+            HostPort {
+                host_ip: Some("192.168.1.10".parse().unwrap()),
+                host_port: 5353,
+                protocol: eni_rpc::PortProtocol::Udp,
+                container_port: 53,
+            },
+        ];
+        let with_ports = Event::Allocated(rec.clone());
+        // A record as written before host ports existed: no `host_ports` key at all.
+        let old: Event = serde_json::from_str(
+            r#"{"event":"allocated","key":{"container_id":"c2","ifname":"eth0"},
+                "ip":"10.0.0.2","eni_id":"eni-1","netns":"/proc/1/ns/net","pod":null,
+                "exclusive":false,"at_ms":5}"#,
+        )
+        .unwrap();
+        assert_eq!(old, alloc(2));
+        assert!(
+            !serde_json::to_string(&old).unwrap().contains("host_ports"),
+            "empty host ports are left out of the record"
+        );
+        o.store.append(&[eni(), with_ports, old]).unwrap();
+        drop(o);
+        // The read-only look sees what open() replays, and changes nothing.
+        let peek = Store::read_state(dir.path()).unwrap();
+        let o = Store::open(dir.path()).unwrap();
+        assert_eq!(peek, o.state);
+        assert_eq!(o.state.allocations[&rec.key].host_ports, rec.host_ports);
+        let entries = crate::pool::manager::Manager::host_port_entries(&o.state);
+        assert_eq!(entries.len(), 2);
+        assert!(entries
+            .iter()
+            .all(|e| e.pod_ip == rec.ip && e.holder == "c1/eth0"));
+        // Through a snapshot too.
+        let mut o = o;
+        let state = o.state.clone();
+        o.store.compact(&state).unwrap();
+        drop(o);
+        assert_eq!(Store::open(dir.path()).unwrap().state, state);
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(
+            Store::read_state(&empty.path().join("none")).unwrap(),
+            PoolState::default()
+        );
     }
 
     #[test]

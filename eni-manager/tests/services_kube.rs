@@ -19,6 +19,7 @@ use eni_bpf::{
     Backend, BackendState, BpfError, DatapathMaps, Protocol, ServiceEntry, ServiceKey, ServiceSpec,
     UpsertOutcome,
 };
+use eni_manager::hostports::{HostPort, HostPortEntry, HostPorts};
 use eni_manager::services::desired::DesiredOptions;
 use eni_manager::services::external::NodePortPath;
 use eni_manager::services::kube::{self as ksrc, KubeOptions, KubeSourceError, KubeStats};
@@ -608,7 +609,9 @@ async fn nodeports_and_load_balancer_ips_follow_the_watch() {
     let maps = SharedMaps::default();
     let ext = SharedExternal::default();
     let node = Ipv4Addr::new(192, 168, 1, 10);
-    let path = NodePortPath::new(Box::new(ext.clone()), vec![node]);
+    let host_ports = HostPorts::new();
+    let path =
+        NodePortPath::new(Box::new(ext.clone()), vec![node]).with_host_ports(host_ports.clone());
     let run = Running::start_with(&kubeconfig, &maps, Some(path), KubeOptions::default()).await;
     let ports = json!([{"name": "http", "port": 80, "protocol": "TCP", "targetPort": "http",
                         "nodePort": 30080}]);
@@ -684,6 +687,40 @@ async fn nodeports_and_load_balancer_ips_follow_the_watch() {
         "the LoadBalancer IP removed",
     )
     .await;
+    // A pod's host port: no API event; the handle wakes the loop, which serves it per
+    // packet (Local) and through the socket LB, and reports the generation written.
+    let g = host_ports.set(vec![HostPortEntry {
+        port: HostPort {
+            host_ip: None,
+            host_port: 8088,
+            protocol: eni_rpc::PortProtocol::Tcp,
+            container_port: 80,
+        },
+        pod_ip: Ipv4Addr::new(10, 0, 0, 9),
+        holder: "c1/eth0 (pod shop/hp)".into(),
+    }]);
+    external(&[
+        (key([192, 168, 1, 10], 30080, Protocol::Tcp), Cluster),
+        (key([192, 168, 1, 10], 8088, Protocol::Tcp), Local),
+    ])
+    .await;
+    let pod: &[&str] = &["10.0.0.9:80"];
+    wait_for(
+        &maps,
+        &expect(&[
+            (key([10, 96, 0, 10], 80, Protocol::Tcp), b),
+            (key([192, 168, 1, 10], 30080, Protocol::Tcp), b),
+            (key([192, 168, 1, 10], 8088, Protocol::Tcp), pod),
+        ]),
+        "the host port in the socket-LB table",
+    )
+    .await;
+    assert!(
+        host_ports.wait_applied(g, WAIT).await,
+        "generation {g} never reported written"
+    );
+    host_ports.set(Vec::new());
+    external(&[(key([192, 168, 1, 10], 30080, Protocol::Tcp), Cluster)]).await;
     drop(svc_events);
     run.stop().await;
 }

@@ -36,11 +36,15 @@ pub enum ErrorCode {
     ShuttingDown,
     /// Anything else: a bug or an unexpected state; the message says what.
     Internal,
+    /// The request is well formed but cannot be granted as asked on this node: a host port
+    /// another pod holds, host ports on a node that does not serve them. The message says
+    /// what to change; asking again unchanged fails again.
+    Refused,
 }
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 12] = [
         ErrorCode::BadRequest,
         ErrorCode::VersionMismatch,
         ErrorCode::NotFound,
@@ -52,6 +56,7 @@ impl ErrorCode {
         ErrorCode::Timeout,
         ErrorCode::ShuttingDown,
         ErrorCode::Internal,
+        ErrorCode::Refused,
     ];
 
     /// The code's name as it appears on the wire.
@@ -68,6 +73,7 @@ impl ErrorCode {
             ErrorCode::Timeout => "Timeout",
             ErrorCode::ShuttingDown => "ShuttingDown",
             ErrorCode::Internal => "Internal",
+            ErrorCode::Refused => "Refused",
         }
     }
 

@@ -32,8 +32,8 @@ pub use frame::{
 };
 pub use types::{
     AllocateRequest, Allocation, Allocations, AttachmentRef, CheckRequest, EniStatus, GcRequest,
-    GcResult, IpStatus, NodeStatus, PodRef, PoolStatus, ReleaseRequest, Released, Request,
-    Response, Status,
+    GcResult, IpStatus, NodeStatus, PodRef, PoolStatus, PortMapping, PortProtocol, ReleaseRequest,
+    Released, Request, Response, Status,
 };
 
 /// The protocol version this build speaks, carried as `"v"` in every envelope.

@@ -108,6 +108,47 @@ pub struct AllocateRequest {
     /// 0 means the manager's own default.
     #[serde(default)]
     pub timeout_ms: u32,
+    /// The pod's host ports (`hostPort`), from the CNI `portMappings` capability. Empty
+    /// (or absent: older plugins) means none. Left out of the encoding when empty, so a
+    /// newer plugin still talks to an older manager (requests refuse unknown fields).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub port_mappings: Vec<PortMapping>,
+}
+
+/// The transport protocol of a [`PortMapping`]. SCTP is not served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PortProtocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl PortProtocol {
+    /// The wire spelling: `tcp` or `udp`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PortProtocol::Tcp => "tcp",
+            PortProtocol::Udp => "udp",
+        }
+    }
+}
+
+/// One host port of a pod: `hostIP:hostPort/protocol` on the node goes to
+/// `podIP:containerPort`, as the CNI `portMappings` capability describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortMapping {
+    /// The port on the node (1-65535).
+    pub host_port: u16,
+    /// The port in the pod (1-65535).
+    pub container_port: u16,
+    /// TCP or UDP.
+    pub protocol: PortProtocol,
+    /// The one node address to serve it on; `None` (or `0.0.0.0`): every node address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<Ipv4Addr>,
 }
 
 /// One address held by one interface of one container, with everything the CNI needs to

@@ -7,8 +7,8 @@ use std::net::Ipv4Addr;
 use eni_rpc::{
     decode_request, decode_response, encode_request, encode_response, read_frame, write_frame,
     AllocateRequest, Allocation, Allocations, AttachmentRef, CheckRequest, EniStatus, ErrorCode,
-    FrameError, GcRequest, GcResult, IpStatus, NodeStatus, PodRef, PoolStatus, ReleaseRequest,
-    Released, Request, Response, RpcError, Status, MAX_FRAME_LEN,
+    FrameError, GcRequest, GcResult, IpStatus, NodeStatus, PodRef, PoolStatus, PortMapping,
+    PortProtocol, ReleaseRequest, Released, Request, Response, RpcError, Status, MAX_FRAME_LEN,
 };
 use rand::{Rng, RngCore, SeedableRng};
 
@@ -95,6 +95,20 @@ fn all_requests() -> Vec<Request> {
             pod: Some(pod()),
             exclusive: true,
             timeout_ms: 5000,
+            port_mappings: vec![
+                PortMapping {
+                    host_port: 8080,
+                    container_port: 80,
+                    protocol: PortProtocol::Tcp,
+                    host_ip: None,
+                },
+                PortMapping {
+                    host_port: 5353,
+                    container_port: 53,
+                    protocol: PortProtocol::Udp,
+                    host_ip: Some("192.168.1.10".parse().unwrap()),
+                },
+            ],
         }),
         Request::Allocate(AllocateRequest {
             container_id: "c2".into(),
@@ -103,6 +117,7 @@ fn all_requests() -> Vec<Request> {
             pod: None,
             exclusive: false,
             timeout_ms: 0,
+            port_mappings: Vec::new(),
         }),
         Request::Release(ReleaseRequest {
             container_id: "c0ffee".into(),
@@ -249,8 +264,58 @@ fn allocate_defaults_optional_fields() {
             pod: None,
             exclusive: false,
             timeout_ms: 0,
+            port_mappings: Vec::new(),
         })
     );
+}
+
+#[test]
+fn port_mappings_are_left_out_when_empty_and_checked_when_present() {
+    // An older manager refuses unknown request fields: a request without host ports must
+    // not carry the field at all.
+    let req = Request::Allocate(AllocateRequest {
+        container_id: "c".into(),
+        ifname: "eth0".into(),
+        netns: "/n".into(),
+        pod: None,
+        exclusive: false,
+        timeout_ms: 0,
+        port_mappings: Vec::new(),
+    });
+    let bytes = encode_request(&req).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&bytes).contains("port_mappings"),
+        "{}",
+        String::from_utf8_lossy(&bytes)
+    );
+    let payload = br#"{"v":1,"req":{"op":"allocate","container_id":"c","ifname":"eth0","netns":"/n",
+        "port_mappings":[{"host_port":8080,"container_port":80,"protocol":"udp","host_ip":"10.0.0.1"}]}}"#;
+    let Request::Allocate(a) = decode_request(payload).unwrap() else {
+        panic!("not an allocate");
+    };
+    assert_eq!(
+        a.port_mappings,
+        vec![PortMapping {
+            host_port: 8080,
+            container_port: 80,
+            protocol: PortProtocol::Udp,
+            host_ip: Some("10.0.0.1".parse().unwrap()),
+        }]
+    );
+    for bad in [
+        r#"{"host_port":8080,"container_port":80,"protocol":"sctp"}"#,
+        r#"{"host_port":70000,"container_port":80,"protocol":"tcp"}"#,
+        r#"{"host_port":8080,"container_port":80,"protocol":"tcp","host_ip":"fd00::1"}"#,
+        r#"{"host_port":8080,"container_port":80,"protocol":"tcp","extra":1}"#,
+    ] {
+        let payload = format!(
+            r#"{{"v":1,"req":{{"op":"allocate","container_id":"c","ifname":"eth0","netns":"/n","port_mappings":[{bad}]}}}}"#
+        );
+        assert!(
+            decode_request(payload.as_bytes()).is_err(),
+            "{bad} was accepted"
+        );
+    }
 }
 
 #[test]
@@ -267,6 +332,7 @@ fn error_codes_are_pascal_case_strings() {
         "Timeout",
         "ShuttingDown",
         "Internal",
+        "Refused",
     ];
     for (code, name) in ErrorCode::ALL.into_iter().zip(names) {
         assert_eq!(serde_json::to_string(&code).unwrap(), format!("\"{name}\""));

@@ -11,8 +11,8 @@ use std::net::Ipv4Addr;
 use eni_rpc::{
     decode_request, decode_response, encode_request, encode_response, read_frame, write_frame,
     AllocateRequest, Allocation, Allocations, AttachmentRef, CheckRequest, ErrorCode, FrameError,
-    GcRequest, GcResult, PodRef, ReleaseRequest, Released, Request, Response, RpcError,
-    MAX_FRAME_LEN,
+    GcRequest, GcResult, PodRef, PortMapping, PortProtocol, ReleaseRequest, Released, Request,
+    Response, RpcError, MAX_FRAME_LEN,
 };
 use ipnet::Ipv4Net;
 use proptest::prelude::*;
@@ -54,20 +54,52 @@ fn attachment() -> impl Strategy<Value = AttachmentRef> {
     })
 }
 
+fn port_mappings() -> impl Strategy<Value = Vec<PortMapping>> {
+    proptest::collection::vec(
+        (
+            any::<u16>(),
+            any::<u16>(),
+            any::<bool>(),
+            proptest::option::of(any::<u32>()),
+        )
+            .prop_map(|(host_port, container_port, udp, ip)| PortMapping {
+                host_port,
+                container_port,
+                protocol: if udp {
+                    PortProtocol::Udp
+                } else {
+                    PortProtocol::Tcp
+                },
+                host_ip: ip.map(Ipv4Addr::from),
+            }),
+        0..4,
+    )
+}
+
 fn request() -> impl Strategy<Value = Request> {
     prop_oneof![
-        (text(), text(), text(), pod(), any::<bool>(), any::<u32>()).prop_map(
-            |(container_id, ifname, netns, pod, exclusive, timeout_ms)| {
-                Request::Allocate(AllocateRequest {
-                    container_id,
-                    ifname,
-                    netns,
-                    pod,
-                    exclusive,
-                    timeout_ms,
-                })
-            }
-        ),
+        (
+            text(),
+            text(),
+            text(),
+            pod(),
+            any::<bool>(),
+            any::<u32>(),
+            port_mappings()
+        )
+            .prop_map(
+                |(container_id, ifname, netns, pod, exclusive, timeout_ms, port_mappings)| {
+                    Request::Allocate(AllocateRequest {
+                        container_id,
+                        ifname,
+                        netns,
+                        pod,
+                        exclusive,
+                        timeout_ms,
+                        port_mappings,
+                    })
+                }
+            ),
         (text(), text()).prop_map(|(container_id, ifname)| Request::Release(ReleaseRequest {
             container_id,
             ifname

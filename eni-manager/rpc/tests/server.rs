@@ -210,6 +210,7 @@ fn alloc_req(container_id: &str) -> AllocateRequest {
         pod: None,
         exclusive: false,
         timeout_ms: 1000,
+        port_mappings: Vec::new(),
     }
 }
 

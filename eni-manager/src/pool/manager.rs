@@ -26,6 +26,7 @@ use super::planner::{self, Action, Blocked, Limits, PlanInput, PoolTargets, Subn
 use super::state::{
     AllocKey, AllocRecord, EniKind, EniPhase, EniRecord, Event, Intent, PodInfo, PoolState,
 };
+use crate::hostports::{HostPort, HostPortEntry, HostPorts};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 
@@ -63,6 +64,8 @@ pub enum Reason {
     ShuttingDown,
     /// A bug or a storage failure.
     Internal,
+    /// Well formed but not grantable as asked (a host port another allocation holds).
+    Refused,
 }
 
 /// An allocation failure with its reason and an operator-facing message.
@@ -97,6 +100,9 @@ pub struct AllocRequest {
     pub exclusive: bool,
     /// How long to wait for the pool (None: the configured default).
     pub timeout: Option<Duration>,
+    /// The pod's host ports, validated ([`crate::hostports::validate`]); refused when
+    /// another allocation holds one of them.
+    pub host_ports: Vec<HostPort>,
 }
 
 /// What a pod was given: the allocation and the ENI it lives on.
@@ -288,6 +294,9 @@ pub struct Manager {
     orphan_scan_running: bool,
     orphan_scan_at: Option<Instant>,
     metrics: Arc<Metrics>,
+    /// Where the allocations' host ports are published after each batch, when the node
+    /// serves host ports.
+    host_ports: Option<HostPorts>,
     tx: mpsc::Sender<Msg>,
     rx: mpsc::Receiver<Msg>,
 }
@@ -369,6 +378,7 @@ impl Manager {
             orphan_scan_running: false,
             orphan_scan_at: None,
             metrics,
+            host_ports: None,
             tx: tx.clone(),
             rx,
         };
@@ -387,6 +397,73 @@ impl Manager {
         }
         m.update_gauges();
         Ok((m, PoolHandle { tx }))
+    }
+
+    /// Publishes the allocations' host ports to `hp` now and after every batch (before the
+    /// batch's answers), so the services loop serves exactly what the store holds.
+    pub fn with_host_ports(mut self, hp: HostPorts) -> Self {
+        self.host_ports = Some(hp);
+        self.publish_host_ports();
+        self
+    }
+
+    /// Every host port held by an allocation, with its pod address and holder.
+    pub fn host_port_entries(state: &PoolState) -> Vec<HostPortEntry> {
+        state
+            .allocations
+            .values()
+            .flat_map(|a| {
+                a.host_ports.iter().map(|p| HostPortEntry {
+                    port: *p,
+                    pod_ip: a.ip,
+                    holder: holder(&a.key, a.pod.as_ref()),
+                })
+            })
+            .collect()
+    }
+
+    fn publish_host_ports(&self) {
+        if let Some(hp) = &self.host_ports {
+            hp.set(Self::host_port_entries(&self.state));
+        }
+    }
+
+    /// The first host port of `req` that another allocation (or another waiting request)
+    /// already claims, as a message naming the holder.
+    fn host_port_conflict(&self, req: &AllocRequest) -> Option<String> {
+        if req.host_ports.is_empty() {
+            return None;
+        }
+        let held = self
+            .state
+            .allocations
+            .values()
+            .filter(|a| a.key != req.key)
+            .map(|a| (&a.key, a.pod.as_ref(), &a.host_ports, "holds"));
+        let waiting = self
+            .waiters
+            .iter()
+            .filter(|w| w.req.key != req.key)
+            .map(|w| {
+                (
+                    &w.req.key,
+                    w.req.pod.as_ref(),
+                    &w.req.host_ports,
+                    "is waiting for",
+                )
+            });
+        for (key, pod, ports, verb) in held.chain(waiting) {
+            for want in &req.host_ports {
+                if let Some(other) = ports.iter().find(|p| p.overlaps(want)) {
+                    return Some(format!(
+                        "port_mappings: host port {want} is taken: {} {verb} {other}; \
+                         give the pod another hostPort (or hostIP), or delete the other pod first",
+                        holder(key, pod)
+                    ));
+                }
+            }
+        }
+        None
     }
 
     async fn refresh_subnets_now(&mut self) {
@@ -752,6 +829,9 @@ impl Manager {
                 return Err(e);
             }
         };
+        // The host ports the batch changed are published before its answers: an ADD's
+        // handler then waits for them to be served.
+        self.publish_host_ports();
         for a in batch.answers {
             a(synced);
         }
@@ -856,6 +936,9 @@ impl Manager {
             return;
         }
         if let Some(g) = self.granted(&req.key) {
+            if g.alloc.host_ports != req.host_ports {
+                warn!(pod = %req.key, held = ?g.alloc.host_ports, asked = ?req.host_ports, "ADD again with other host ports; keeping the ones already allocated (DEL first to change them)");
+            }
             if g.alloc.exclusive != req.exclusive {
                 let _ = reply.send(Err(AllocError::new(
                     Reason::BadRequest,
@@ -872,6 +955,12 @@ impl Manager {
                 return;
             }
             answer(batch, reply, Ok(g));
+            return;
+        }
+        if let Some(msg) = self.host_port_conflict(&req) {
+            warn!(pod = %req.key, "{msg}");
+            self.metrics.allocation_failed(Reason::Refused);
+            let _ = reply.send(Err(AllocError::new(Reason::Refused, msg)));
             return;
         }
         let started = Instant::now();
@@ -910,12 +999,13 @@ impl Manager {
             pod: req.pod.clone(),
             exclusive: req.exclusive,
             at_ms: now_ms(),
+            host_ports: req.host_ports.clone(),
         };
         if !self.emit(batch, Event::Allocated(rec)) {
             return None;
         }
         self.idle_since.remove(&ip);
-        info!(pod = %req.key, %ip, exclusive = req.exclusive, "allocated");
+        info!(pod = %req.key, %ip, exclusive = req.exclusive, host_ports = req.host_ports.len(), "allocated");
         // Falling below the low watermark: refill soon.
         self.schedule_plan(self.settings.batch_window);
         self.granted(&req.key)
@@ -1555,6 +1645,14 @@ impl Manager {
     fn update_gauges(&self) {
         let s = self.status();
         self.metrics.set_pool(&s);
+    }
+}
+
+/// `container/ifname (namespace/pod)`, for messages about an allocation's holder.
+fn holder(key: &AllocKey, pod: Option<&PodInfo>) -> String {
+    match pod {
+        Some(p) => format!("{key} (pod {}/{})", p.namespace, p.name),
+        None => key.to_string(),
     }
 }
 

@@ -12,6 +12,7 @@ use super::manager::{AllocRequest, Manager, ManagerSettings, PoolHandle, Reason}
 use super::ops::{OpContext, TAG_CLUSTER, TAG_KIND, TAG_NODE};
 use super::planner::{Limits, PoolTargets};
 use super::state::AllocKey;
+use crate::hostports::{HostPort, HostPorts};
 use crate::metrics::Metrics;
 use crate::node::FakeNodeNetwork;
 
@@ -53,6 +54,14 @@ impl Harness {
     }
 
     async fn start(&self, s: ManagerSettings) -> (PoolHandle, tokio::task::JoinHandle<()>) {
+        self.start_with(s, None).await
+    }
+
+    async fn start_with(
+        &self,
+        s: ManagerSettings,
+        host_ports: Option<HostPorts>,
+    ) -> (PoolHandle, tokio::task::JoinHandle<()>) {
         let provider: Arc<dyn CloudProvider> = self.cloud.clone();
         let ctx = Arc::new(OpContext {
             provider,
@@ -75,6 +84,10 @@ impl Harness {
         let (m, h) = Manager::start(s, ctx, limits, self.dir.path(), metrics)
             .await
             .expect("manager starts");
+        let m = match host_ports {
+            Some(hp) => m.with_host_ports(hp),
+            None => m,
+        };
         let task = tokio::spawn(async move {
             let _ = m.run().await;
         });
@@ -92,6 +105,7 @@ fn req(c: &str) -> AllocRequest {
         pod: None,
         exclusive: false,
         timeout: Some(Duration::from_secs(3)),
+        host_ports: Vec::new(),
     }
 }
 
@@ -460,4 +474,104 @@ async fn an_allocation_whose_namespace_is_gone_is_released_after_the_grace() {
         "a pod whose namespace exists keeps its address"
     );
     let _ = g;
+}
+
+fn with_ports(c: &str, ports: &[(Option<&str>, u16, eni_rpc::PortProtocol)]) -> AllocRequest {
+    let mut r = req(c);
+    r.pod = Some(super::state::PodInfo {
+        namespace: "shop".into(),
+        name: format!("pod-{c}"),
+        uid: None,
+    });
+    r.host_ports = ports
+        .iter()
+        .map(|(ip, port, protocol)| HostPort {
+            host_ip: ip.map(|s| s.parse().unwrap()),
+            host_port: *port,
+            protocol: *protocol,
+            container_port: 80,
+        })
+        .collect();
+    r
+}
+
+#[tokio::test]
+async fn host_ports_are_exclusive_published_and_survive_a_restart() {
+    use eni_rpc::PortProtocol::{Tcp, Udp};
+    let hs = Harness::new(FakeCloud::new(4, 10, &[("vsw-1", "10.0.0.0/24")]));
+    let hp = HostPorts::new();
+    let (h, t) = hs
+        .start_with(settings(3, 6, &["vsw-1"]), Some(hp.clone()))
+        .await;
+    let a = h
+        .allocate(with_ports("a", &[(None, 8080, Tcp), (None, 8080, Udp)]))
+        .await
+        .unwrap();
+    assert_eq!(a.alloc.host_ports.len(), 2);
+    // Published before the answer.
+    let (g1, entries) = hp.snapshot();
+    assert_eq!(entries.len(), 2);
+    assert!(entries.iter().all(|e| e.pod_ip == a.alloc.ip));
+    assert_eq!(entries[0].holder, "a/eth0 (pod shop/pod-a)");
+    // Idempotent ADD of the same container: same answer, no conflict with itself.
+    let again = h
+        .allocate(with_ports("a", &[(None, 8080, Tcp), (None, 8080, Udp)]))
+        .await
+        .unwrap();
+    assert_eq!(again.alloc.ip, a.alloc.ip);
+    assert_eq!(hp.generation(), g1, "nothing changed");
+    // Another pod on the same port (any address overlaps a specific one): refused, named.
+    let e = h
+        .allocate(with_ports("b", &[(Some("192.168.1.10"), 8080, Tcp)]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.reason, Reason::Refused);
+    assert!(
+        e.message
+            .contains("host port 192.168.1.10:8080/tcp is taken")
+            && e.message
+                .contains("a/eth0 (pod shop/pod-a) holds *:8080/tcp"),
+        "{}",
+        e.message
+    );
+    assert_eq!(
+        h.check(req("b").key).await.unwrap_err().reason,
+        Reason::NotFound,
+        "nothing was allocated to the refused pod"
+    );
+    // Another port, or the same port over another protocol elsewhere, is fine.
+    let b = h
+        .allocate(with_ports("b", &[(None, 9090, Tcp)]))
+        .await
+        .unwrap();
+    assert_eq!(hp.snapshot().1.len(), 3);
+    // Crash and restart: the host ports come back from the store.
+    t.abort();
+    drop(h);
+    let hp2 = HostPorts::new();
+    let (h, _t) = hs
+        .start_with(settings(3, 6, &["vsw-1"]), Some(hp2.clone()))
+        .await;
+    let entries = hp2.snapshot().1;
+    let mut got: Vec<(u16, std::net::Ipv4Addr)> = entries
+        .iter()
+        .map(|e| (e.port.host_port, e.pod_ip))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![(8080, a.alloc.ip), (8080, a.alloc.ip), (9090, b.alloc.ip)]
+    );
+    assert!(
+        h.allocate(with_ports("c", &[(None, 9090, Tcp)]))
+            .await
+            .is_err(),
+        "the conflict check sees the restored host ports"
+    );
+    // Release: the pod's host ports go away, and the port is free again.
+    h.release(req("a").key).await.unwrap();
+    assert_eq!(hp2.snapshot().1.len(), 1);
+    h.allocate(with_ports("c", &[(None, 8080, Tcp)]))
+        .await
+        .expect("the released port is free");
 }

@@ -735,6 +735,7 @@ mod tests {
                     pod: None,
                     exclusive: false,
                     at_ms: 0,
+                    host_ports: Vec::new(),
                 }))
                 .unwrap();
         }

@@ -58,6 +58,10 @@ pub struct AllocRecord {
     pub exclusive: bool,
     /// When (ms since epoch).
     pub at_ms: u64,
+    /// The pod's host ports (`hostPort`); absent in records written before host ports
+    /// existed, and left out when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_ports: Vec<crate::hostports::HostPort>,
 }
 
 /// What an ENI is used for.
@@ -482,6 +486,7 @@ mod tests {
             pod: None,
             exclusive: false,
             at_ms: 1,
+            host_ports: Vec::new(),
         }
     }
 

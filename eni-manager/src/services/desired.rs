@@ -406,6 +406,183 @@ pub fn merge_frontends(
     }
 }
 
+/// The frontends of the pods' host ports: `nodeAddress:hostPort/protocol` for every node
+/// address in `node` (only `hostIP` when the mapping names one, and only if it is one of
+/// them), each with the one backend `podIP:containerPort`. Served per packet with the
+/// `Local` policy: the pod is on this node and sees the client's address. A `hostIP` that
+/// is not a node address is skipped (logged): serving it would hijack the node's own
+/// connections to another host.
+pub fn desired_host_ports(
+    entries: &[crate::hostports::HostPortEntry],
+    node: &NodeFrontends,
+) -> BTreeMap<ServiceKey, (ServiceSpec, String)> {
+    let mut out: BTreeMap<ServiceKey, (ServiceSpec, String)> = BTreeMap::new();
+    for e in entries {
+        let addresses: Vec<Ipv4Addr> = match e.port.host_ip {
+            None => node.addresses.clone(),
+            Some(ip) if node.addresses.contains(&ip) => vec![ip],
+            Some(ip) => {
+                warn!(host_port = %e.port, holder = %e.holder, %ip, nodeport_addresses = ?node.addresses, "host port on an address that is not one of services.nodeport's node addresses; not served");
+                continue;
+            }
+        };
+        let protocol = match e.port.protocol {
+            eni_rpc::PortProtocol::Tcp => Protocol::Tcp,
+            eni_rpc::PortProtocol::Udp => Protocol::Udp,
+        };
+        for vip in addresses {
+            let key = ServiceKey {
+                vip,
+                port: e.port.host_port,
+                protocol,
+            };
+            if let Some((_, first)) = out.get(&key) {
+                // The pool refuses overlapping host ports; two here is a bug upstream.
+                warn!(frontend = %key, holder = %e.holder, owner = %first, "host port already served for another pod; skipped");
+                continue;
+            }
+            let spec = ServiceSpec {
+                backends: vec![Backend::active(SocketAddrV4::new(
+                    e.pod_ip,
+                    e.port.container_port,
+                ))],
+                affinity_timeout: None,
+            };
+            out.insert(key, (spec, e.holder.clone()));
+        }
+    }
+    out
+}
+
+/// Adds host-port frontends to the socket-LB `table` and the per-packet `external` table
+/// (policy `Local`). A frontend a Service already has (NodePort, externalIP, LoadBalancer
+/// or cluster IP) stays the Service's: the host port is skipped and logged. Returns the
+/// skipped frontends.
+pub fn merge_host_ports(
+    table: &mut BTreeMap<ServiceKey, ServiceSpec>,
+    external: &mut ExternalTable,
+    host: BTreeMap<ServiceKey, (ServiceSpec, String)>,
+) -> Vec<ServiceKey> {
+    let mut skipped = Vec::new();
+    for (k, (spec, holder)) in host {
+        if table.contains_key(&k) || external.contains_key(&k) {
+            warn!(frontend = %k, holder = %holder, "host port collides with a Service frontend (NodePort, externalIP or LoadBalancer IP); the Service keeps it and the host port is not served");
+            skipped.push(k);
+            continue;
+        }
+        table.insert(k, spec);
+        external.insert(k, eni_bpf::TrafficPolicy::Local);
+    }
+    skipped
+}
+
+#[cfg(test)]
+mod host_port_tests {
+    use super::*;
+    use crate::hostports::{HostPort, HostPortEntry};
+    use eni_bpf::TrafficPolicy;
+    use eni_rpc::PortProtocol;
+
+    const N1: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 5);
+    const N2: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 6);
+    const POD: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 9);
+
+    fn entry(ip: Option<Ipv4Addr>, port: u16, protocol: PortProtocol) -> HostPortEntry {
+        HostPortEntry {
+            port: HostPort {
+                host_ip: ip,
+                host_port: port,
+                protocol,
+                container_port: 80,
+            },
+            pod_ip: POD,
+            holder: "c1/eth0".into(),
+        }
+    }
+
+    fn k(vip: Ipv4Addr, port: u16, protocol: Protocol) -> ServiceKey {
+        ServiceKey {
+            vip,
+            port,
+            protocol,
+        }
+    }
+
+    #[test]
+    fn host_ports_are_served_on_every_node_address_or_only_on_their_host_ip() {
+        let node = NodeFrontends {
+            addresses: vec![N1, N2],
+        };
+        let d = desired_host_ports(
+            &[
+                entry(None, 8080, PortProtocol::Tcp),
+                entry(None, 8080, PortProtocol::Udp),
+                entry(Some(N2), 9090, PortProtocol::Tcp),
+                entry(Some(Ipv4Addr::new(192, 0, 2, 1)), 9191, PortProtocol::Tcp),
+            ],
+            &node,
+        );
+        assert_eq!(
+            d.keys().copied().collect::<Vec<_>>(),
+            vec![
+                k(N1, 8080, Protocol::Tcp),
+                k(N1, 8080, Protocol::Udp),
+                k(N2, 8080, Protocol::Tcp),
+                k(N2, 8080, Protocol::Udp),
+                k(N2, 9090, Protocol::Tcp),
+            ],
+            "a hostIP that is not a node address is not served"
+        );
+        let (spec, holder) = &d[&k(N1, 8080, Protocol::Udp)];
+        assert_eq!(
+            spec.backends,
+            vec![Backend::active(SocketAddrV4::new(POD, 80))]
+        );
+        assert_eq!(holder, "c1/eth0");
+    }
+
+    #[test]
+    fn a_service_frontend_wins_over_a_host_port() {
+        let node = NodeFrontends {
+            addresses: vec![N1],
+        };
+        let service_spec = ServiceSpec {
+            backends: vec![Backend::active(SocketAddrV4::new(
+                Ipv4Addr::new(10, 0, 0, 1),
+                8080,
+            ))],
+            affinity_timeout: None,
+        };
+        // A NodePort Service on 30080/tcp.
+        let mut table = BTreeMap::from([(k(N1, 30080, Protocol::Tcp), service_spec.clone())]);
+        let mut external =
+            ExternalTable::from([(k(N1, 30080, Protocol::Tcp), TrafficPolicy::Cluster)]);
+        let host = desired_host_ports(
+            &[
+                entry(None, 30080, PortProtocol::Tcp),
+                entry(None, 30080, PortProtocol::Udp),
+            ],
+            &node,
+        );
+        let skipped = merge_host_ports(&mut table, &mut external, host);
+        assert_eq!(skipped, vec![k(N1, 30080, Protocol::Tcp)]);
+        assert_eq!(table[&k(N1, 30080, Protocol::Tcp)], service_spec);
+        assert_eq!(
+            external[&k(N1, 30080, Protocol::Tcp)],
+            TrafficPolicy::Cluster
+        );
+        assert_eq!(
+            external[&k(N1, 30080, Protocol::Udp)],
+            TrafficPolicy::Local,
+            "host ports keep the client address and only ever go to the local pod"
+        );
+        assert_eq!(
+            table[&k(N1, 30080, Protocol::Udp)].backends,
+            vec![Backend::active(SocketAddrV4::new(POD, 80))]
+        );
+    }
+}
+
 #[cfg(test)]
 mod external_tests {
     use super::*;

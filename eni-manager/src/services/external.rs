@@ -18,10 +18,14 @@ use std::sync::Arc;
 use eni_bpf::{ExternalFrontends, ServiceKey, ServiceSpec};
 use tracing::{info, warn};
 
-use super::desired::{desired_external, merge_frontends, ExternalTable, NodeFrontends};
+use super::desired::{
+    desired_external, desired_host_ports, merge_frontends, merge_host_ports, ExternalTable,
+    NodeFrontends,
+};
 use super::reconcile::reconcile_external;
 use super::types::{EndpointSlice, Service};
 use crate::config::NodePortConfig;
+use crate::hostports::HostPorts;
 
 /// Why the NodePort path could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -247,6 +251,10 @@ pub struct NodePortPath {
     frontends: Box<dyn ExternalFrontends + Send>,
     node: NodeFrontends,
     stats: Arc<NodePortStats>,
+    /// The pods' host ports, when the node serves them.
+    host_ports: Option<HostPorts>,
+    /// The host-port generation the last [`extend`](NodePortPath::extend) read.
+    host_ports_read: AtomicU64,
 }
 
 impl std::fmt::Debug for NodePortPath {
@@ -266,7 +274,21 @@ impl NodePortPath {
             frontends,
             node: NodeFrontends { addresses },
             stats: Arc::default(),
+            host_ports: None,
+            host_ports_read: AtomicU64::new(0),
         }
+    }
+
+    /// Also serves the pods' host ports from `hp` (read at every [`extend`](Self::extend);
+    /// [`apply`](Self::apply) reports the generation written back to `hp`).
+    pub fn with_host_ports(mut self, hp: HostPorts) -> Self {
+        self.host_ports = Some(hp);
+        self
+    }
+
+    /// The host ports served, when there are any.
+    pub fn host_ports(&self) -> Option<&HostPorts> {
+        self.host_ports.as_ref()
     }
 
     /// The counters.
@@ -292,7 +314,14 @@ impl NodePortPath {
         merge_frontends(table, d.extra);
         // A frontend another Service already owns in `table` keeps that Service's backends;
         // serving it per packet is still right (it is a frontend either way).
-        d.external
+        let mut external = d.external;
+        if let Some(hp) = &self.host_ports {
+            let (generation, entries) = hp.snapshot();
+            let host = desired_host_ports(&entries, &self.node);
+            merge_host_ports(table, &mut external, host);
+            self.host_ports_read.store(generation, Ordering::Relaxed);
+        }
+        external
     }
 
     /// Makes the per-packet frontends equal `want` (after the socket-LB reconcile, so the
@@ -310,6 +339,9 @@ impl NodePortPath {
                     .fetch_add(r.removed as u64, Ordering::Relaxed);
                 if !r.errors.is_empty() {
                     self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(hp) = self.host_ports.as_ref().filter(|_| r.errors.is_empty()) {
+                    hp.mark_applied(self.host_ports_read.load(Ordering::Relaxed));
                 }
                 if r.set + r.removed > 0 || !r.errors.is_empty() {
                     info!(
@@ -455,6 +487,49 @@ endpoints: [ { addresses: [10.0.0.1] } ]
             port,
             protocol: Protocol::Tcp,
         }
+    }
+
+    #[test]
+    fn host_ports_ride_on_the_path_and_their_generation_is_reported_applied() {
+        use crate::hostports::{HostPort, HostPortEntry, HostPorts};
+        let hp = HostPorts::new();
+        let pod = Ipv4Addr::new(10, 0, 0, 9);
+        let g = hp.set(vec![HostPortEntry {
+            port: HostPort {
+                host_ip: None,
+                host_port: 8080,
+                protocol: eni_rpc::PortProtocol::Tcp,
+                container_port: 80,
+            },
+            pod_ip: pod,
+            holder: "c1/eth0".into(),
+        }]);
+        let frontends = BTreeMap::<ServiceKey, TrafficPolicy>::new();
+        let mut path =
+            NodePortPath::new(Box::new(frontends), vec![A, B]).with_host_ports(hp.clone());
+        let mut table = BTreeMap::new();
+        let want = path.extend(&[], &[], &mut table);
+        assert_eq!(
+            want.iter().map(|(k, p)| (*k, *p)).collect::<Vec<_>>(),
+            vec![
+                (key(A, 8080), TrafficPolicy::Local),
+                (key(B, 8080), TrafficPolicy::Local)
+            ]
+        );
+        assert_eq!(
+            table[&key(B, 8080)].backends[0].addr(),
+            std::net::SocketAddrV4::new(pod, 80)
+        );
+        assert_eq!(hp.applied(), 0, "nothing is applied before the write");
+        path.apply(&want);
+        assert_eq!(hp.applied(), g);
+        // Removed from the set: gone from both tables at the next pass.
+        let g2 = hp.set(Vec::new());
+        let mut table = BTreeMap::new();
+        let want = path.extend(&[], &[], &mut table);
+        assert!(want.is_empty() && table.is_empty());
+        path.apply(&want);
+        assert_eq!(hp.applied(), g2);
     }
 
     #[test]

@@ -255,6 +255,9 @@ where
     // NodePort path still recomputes the whole table: its frontends are derived from it).
     let mut tracker = ChangeTracker::default();
     let mut cache: Option<DesiredCache> = None;
+    // The pods' host ports, served with the NodePort path: a change is reconciled like
+    // any other (after the debounce).
+    let host_ports = nodeport.as_deref().and_then(|np| np.host_ports().cloned());
     loop {
         let deadline = if store.ready() {
             [dirty_since.map(|t| t + opts.debounce), next_resync]
@@ -282,6 +285,7 @@ where
                 }
                 on_item(&mut store.slices, item, counters(stats, 1), "the current services")?
             }
+            () = host_ports_changed(host_ports.as_ref()) => true,
             () = sleep_until(deadline) => {
                 let span = info_span!("reconcile", source = "kubernetes");
                 let _g = span.enter();
@@ -377,6 +381,14 @@ where
                 "Kubernetes services source synced; reconciling"
             );
         }
+    }
+}
+
+/// Completes when the host ports change; never without them.
+async fn host_ports_changed(hp: Option<&crate::hostports::HostPorts>) {
+    match hp {
+        Some(hp) => hp.changed().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -57,6 +57,8 @@ pub struct FileSource {
     last_error: Option<String>,
     reconciler: Reconciler,
     nodeport: Option<external::NodePortPath>,
+    /// The host-port generation the last reconcile served.
+    host_ports_seen: u64,
 }
 
 impl FileSource {
@@ -70,6 +72,7 @@ impl FileSource {
             last_error: None,
             reconciler: Reconciler::new(),
             nodeport: None,
+            host_ports_seen: 0,
         }
     }
 
@@ -83,6 +86,17 @@ impl FileSource {
     /// The NodePort path, when there is one.
     pub fn nodeport(&self) -> Option<&external::NodePortPath> {
         self.nodeport.as_ref()
+    }
+
+    /// The pods' host ports served with the NodePort path, when there are any.
+    pub fn host_ports(&self) -> Option<&crate::hostports::HostPorts> {
+        self.nodeport.as_ref().and_then(|np| np.host_ports())
+    }
+
+    /// The host-port generation the last successful reconcile served: wait for a newer
+    /// one ([`crate::hostports::HostPorts::wait_changed`]) between polls.
+    pub fn host_ports_seen(&self) -> u64 {
+        self.host_ports_seen
     }
 
     /// Looks at the directory; when it changed (or the resync time passed) reads it and
@@ -103,7 +117,9 @@ impl FileSource {
         };
         self.last_error = None;
         let due = self.last_sync.is_none_or(|t| t.elapsed() >= self.resync);
-        if self.last.as_ref() == Some(&fp) && !due {
+        let host_ports = self.host_ports().map(|h| h.generation());
+        let host_ports_changed = host_ports.is_some_and(|g| g != self.host_ports_seen);
+        if self.last.as_ref() == Some(&fp) && !due && !host_ports_changed {
             return None;
         }
         let loaded = match files::load_dir(&self.dir) {
@@ -121,7 +137,7 @@ impl FileSource {
             .nodeport
             .as_ref()
             .map(|np| np.extend(&loaded.services, &loaded.slices, &mut want));
-        if self.last.as_ref() == Some(&fp) {
+        if self.last.as_ref() == Some(&fp) && !host_ports_changed {
             // Nothing changed: this is the periodic resync, which checks the maps themselves.
             self.reconciler.invalidate();
         }
@@ -141,6 +157,9 @@ impl FileSource {
                 }
                 if let (Some(np), Some(ext)) = (self.nodeport.as_mut(), external.as_ref()) {
                     np.apply(ext);
+                }
+                if let Some(g) = host_ports {
+                    self.host_ports_seen = g;
                 }
                 self.last = Some(fp);
                 self.last_sync = Some(Instant::now());
@@ -207,10 +226,16 @@ impl ServicesHandle {
 /// reconciling from the source on a thread of its own: the file source reconciles once
 /// before this returns; the Kubernetes source builds its client before anything is loaded
 /// (a bad kubeconfig fails here) and reconciles once both kinds have been listed.
-pub fn start(cfg: &ServicesConfig) -> anyhow::Result<ServicesHandle> {
+///
+/// With `services.nodeport` and `host_ports`, the pods' host ports are served with the
+/// NodePort frontends; a change of `host_ports` wakes the loop at once.
+pub fn start(
+    cfg: &ServicesConfig,
+    host_ports: Option<crate::hostports::HostPorts>,
+) -> anyhow::Result<ServicesHandle> {
     match cfg.source {
-        ServiceSourceKind::Files => start_files(cfg),
-        ServiceSourceKind::Kubernetes => start_kube(cfg),
+        ServiceSourceKind::Files => start_files(cfg, host_ports),
+        ServiceSourceKind::Kubernetes => start_kube(cfg, host_ports),
     }
 }
 
@@ -242,6 +267,7 @@ const OWN_NETNS: &str = "/proc/self/ns/net";
 /// previous configuration listed and this one does not.
 fn load_and_attach_nodeport(
     cfg: &ServicesConfig,
+    host_ports: Option<crate::hostports::HostPorts>,
 ) -> anyhow::Result<Option<external::NodePortPath>> {
     let np = &cfg.nodeport;
     if !np.enabled {
@@ -294,7 +320,10 @@ fn load_and_attach_nodeport(
         newly_attached = newly,
         "NodePort datapath ready"
     );
-    let path = external::NodePortPath::new(Box::new(lb), plan.addresses);
+    let mut path = external::NodePortPath::new(Box::new(lb), plan.addresses);
+    if let Some(hp) = host_ports {
+        path = path.with_host_ports(hp);
+    }
     path.stats().set_links(plan.links.len());
     Ok(Some(path))
 }
@@ -335,9 +364,12 @@ fn stop_nodeport(cfg: &ServicesConfig) {
     }
 }
 
-fn start_files(cfg: &ServicesConfig) -> anyhow::Result<ServicesHandle> {
+fn start_files(
+    cfg: &ServicesConfig,
+    host_ports: Option<crate::hostports::HostPorts>,
+) -> anyhow::Result<ServicesHandle> {
     let mut lb = load_and_attach(cfg)?;
-    let nodeport = load_and_attach_nodeport(cfg)?;
+    let nodeport = load_and_attach_nodeport(cfg, host_ports)?;
     let nodeport_stats = nodeport.as_ref().map(|n| n.stats().clone());
     info!(dir = %cfg.dir.display(), "services source: files");
     let mut source = FileSource::new(&cfg.dir, RESYNC_INTERVAL);
@@ -352,7 +384,14 @@ fn start_files(cfg: &ServicesConfig) -> anyhow::Result<ServicesHandle> {
         .name("services".into())
         .spawn(move || {
             while !flag.load(Ordering::SeqCst) {
-                std::thread::sleep(POLL_INTERVAL);
+                // A host port added or removed is served at once; the directory is
+                // looked at every POLL_INTERVAL.
+                match source.host_ports() {
+                    Some(hp) => {
+                        hp.wait_changed(source.host_ports_seen(), POLL_INTERVAL);
+                    }
+                    None => std::thread::sleep(POLL_INTERVAL),
+                }
                 let r = source.poll(&mut lb);
                 terminate_udp(r.as_ref());
             }
@@ -369,7 +408,10 @@ fn start_files(cfg: &ServicesConfig) -> anyhow::Result<ServicesHandle> {
 /// How often the Kubernetes loop looks at the stop flag.
 const STOP_POLL: Duration = Duration::from_millis(100);
 
-fn start_kube(cfg: &ServicesConfig) -> anyhow::Result<ServicesHandle> {
+fn start_kube(
+    cfg: &ServicesConfig,
+    host_ports: Option<crate::hostports::HostPorts>,
+) -> anyhow::Result<ServicesHandle> {
     // The loop has a runtime of its own on its own thread: the client's background tasks
     // live there, and map writes (syscalls) never block the daemon's workers.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -378,7 +420,7 @@ fn start_kube(cfg: &ServicesConfig) -> anyhow::Result<ServicesHandle> {
         .context("starting the services runtime")?;
     let client = rt.block_on(self::kube::client(cfg.kubeconfig.as_deref()))?;
     let mut lb = load_and_attach(cfg)?;
-    let mut nodeport = load_and_attach_nodeport(cfg)?;
+    let mut nodeport = load_and_attach_nodeport(cfg, host_ports)?;
     let nodeport_stats = nodeport.as_ref().map(|n| n.stats().clone());
     let opts = self::kube::KubeOptions {
         desired: desired::DesiredOptions {

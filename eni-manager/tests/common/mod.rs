@@ -638,6 +638,7 @@ pub fn alloc_req(id: &str, netns: &str, timeout_ms: u32) -> AllocateRequest {
         pod: None,
         exclusive: false,
         timeout_ms,
+        port_mappings: Vec::new(),
     }
 }
 

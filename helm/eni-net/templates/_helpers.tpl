@@ -453,7 +453,11 @@ a volume inside the read-only config volume would need a mount point created in 
 {{- if .Values.cni.logFile }}{{ $_ := set $plugin "log_file" .Values.cni.logFile }}{{ end }}
 {{- if gt (int .Values.cni.mtu) 0 }}{{ $_ := set $plugin "mtu" (int .Values.cni.mtu) }}{{ end }}
 {{- if gt (int .Values.cni.timeoutMs) 0 }}{{ $_ := set $plugin "timeout_ms" (int .Values.cni.timeoutMs) }}{{ end }}
-{{- if .Values.cni.exclusiveEniCapability }}{{ $_ := set $plugin "capabilities" (dict "exclusiveEni" true) }}{{ end }}
+{{- $caps := dict }}
+{{- if .Values.cni.exclusiveEniCapability }}{{ $_ := set $caps "exclusiveEni" true }}{{ end }}
+{{- /* hostPort: served by the manager's per-packet path, so asked for only with it. */}}
+{{- if and .Values.services.enabled (.Values.services.nodeport | default dict).enabled }}{{ $_ := set $caps "portMappings" true }}{{ end }}
+{{- if $caps }}{{ $_ := set $plugin "capabilities" $caps }}{{ end }}
 {{- $plugins := prepend (.Values.cni.chainedPlugins | default list) $plugin }}
 {{- dict "cniVersion" (toString .Values.cni.cniVersion) "name" .Values.cni.networkName "plugins" $plugins | toPrettyJson }}
 {{- end }}

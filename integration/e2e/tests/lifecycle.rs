@@ -142,6 +142,7 @@ fn add_check_del_gc_and_failures_leave_nothing_behind() {
                 pod: None,
                 exclusive: false,
                 timeout_ms: 10_000,
+                port_mappings: Vec::new(),
             })
             .expect("drain the pool");
         drained.push((id, a.ip));

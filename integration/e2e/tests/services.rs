@@ -440,6 +440,52 @@ spec:
     .concat()
 }
 
+/// Node A's `services` section with `services.nodeport` on node A's NICs (the primary and
+/// the ENIs the pool attached: pod replies leave through the ENI holding the pod's
+/// address; the NodePort addresses default to the links' own), and those links.
+fn nodeport_config(c: &Cluster) -> (serde_json::Value, Vec<String>) {
+    let svc = c.svc_a.as_ref().expect("node A runs the Service datapath");
+    let links: Vec<String> = c
+        .node_a
+        .links()
+        .into_keys()
+        .filter(|n| n.starts_with("eth"))
+        .collect();
+    println!("node A links: {links:?}");
+    let mut config = svc.config();
+    config["nodeport"] = json!({ "enabled": true, "links": links });
+    (config, links)
+}
+
+/// SIGKILLs node A's manager `m` and starts it again with `services` as its services
+/// section; waits until its pool is warm.
+fn restart_manager_a(
+    m: &mut Manager,
+    dir_a: &std::path::Path,
+    node_a: &str,
+    services: &serde_json::Value,
+) {
+    m.kill();
+    *m = Manager::start_with(dir_a, node_a, 19410, &pool_settings(), services);
+    m.wait_ready(MIN_IDLE, Duration::from_secs(30));
+}
+
+/// Node A's manager's `/metrics` (served in node A's namespace).
+fn metrics_a(c: &Cluster) -> String {
+    c.node_a.exec(&[
+        "python3",
+        "-c",
+        "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:19410/metrics').read().decode())",
+    ])
+}
+
+/// The value of the unlabelled series `name` in a metrics text.
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in the metrics:\n{text}"))
+}
+
 /// Backends that answered `n` TCP connections or UDP datagrams to `ip:port`, with the
 /// client address each saw and the address the answer came from.
 fn spread_to(
@@ -480,25 +526,10 @@ fn nodeports_and_external_ips_from_another_node_survive_a_manager_crash() {
     ]);
     svc.write("np.yaml", &nodeport_yaml(a2.ip, b1.ip, external_ip));
 
-    // Restart node A's manager with services.nodeport on node A's NICs (the primary and
-    // the ENIs the pool attached: pod replies leave through the ENI holding the pod's
-    // address). The NodePort addresses default to the links' own.
-    let links: Vec<String> = c
-        .node_a
-        .links()
-        .into_keys()
-        .filter(|n| n.starts_with("eth"))
-        .collect();
-    println!("node A links: {links:?}");
-    let mut config = svc.config();
-    config["nodeport"] = json!({ "enabled": true, "links": links });
+    let (config, links) = nodeport_config(&c);
     let node_a = c.node_a.name.clone();
     let dir_a = c.dir.path().join("node-a");
-    let restart = |m: &mut Manager| {
-        m.kill();
-        *m = Manager::start_with(&dir_a, &node_a, 19410, &pool_settings(), &config);
-        m.wait_ready(MIN_IDLE, Duration::from_secs(30));
-    };
+    let restart = |m: &mut Manager| restart_manager_a(m, &dir_a, &node_a, &config);
     restart(&mut c.a);
     assert!(
         c.a.log_has(&["NodePort datapath ready", &format!("links={}", links.len())]),
@@ -558,11 +589,7 @@ fn nodeports_and_external_ips_from_another_node_survive_a_manager_crash() {
         }
     }
     // The counters are on /metrics (served in node A's namespace).
-    let text = c.node_a.exec(&[
-        "python3",
-        "-c",
-        "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:19410/metrics').read().decode())",
-    ]);
+    let text = metrics_a(&c);
     assert!(
         text.contains(&format!("eni_services_nodeport_links {}\n", links.len())),
         "{text}"
@@ -617,4 +644,216 @@ fn nodeports_and_external_ips_from_another_node_survive_a_manager_crash() {
     );
     let [backend, ..] = client.fields(&format!("tcp {ip_a} 30081"));
     assert_eq!(backend, "a2");
+}
+
+/// A pod's `hostPort`s as the runtime passes them to a plugin with the `portMappings`
+/// capability.
+fn host_ports_netconf(mappings: &serde_json::Value) -> serde_json::Value {
+    json!({
+        "capabilities": { "portMappings": true },
+        "runtimeConfig": { "portMappings": mappings }
+    })
+}
+
+#[test]
+fn host_ports_through_eni_cni_from_another_node_survive_a_manager_crash() {
+    require_root!();
+    let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let mut c = Cluster::start_with_services();
+    let (config, links) = nodeport_config(&c);
+    let node_a = c.node_a.name.clone();
+    let dir_a = c.dir.path().join("node-a");
+    let restart = |m: &mut Manager| restart_manager_a(m, &dir_a, &node_a, &config);
+    restart(&mut c.a);
+    assert!(
+        c.a.log_has(&["NodePort datapath ready", &format!("links={}", links.len())]),
+        "the manager did not attach the NodePort programs; log:\n{}",
+        std::fs::read_to_string(&c.a.log).unwrap_or_default()
+    );
+    let baseline = metric(&metrics_a(&c), "eni_services_nodeport_frontends");
+
+    // A pod with hostPort 8088 (TCP and UDP) -> its port 8080, through the real plugin.
+    let mappings = json!([
+        {"hostPort": 8088, "containerPort": 8080, "protocol": "tcp", "hostIP": ""},
+        {"hostPort": 8088, "containerPort": 8080, "protocol": "UDP"}
+    ]);
+    let mut a1 = c.add_pod(Node::A, "veth", &host_ports_netconf(&mappings));
+    println!("pod a1 {} ({})", a1.ip, a1.container);
+    // The ADD answered once the host ports were in the maps.
+    let served = metric(&metrics_a(&c), "eni_services_nodeport_frontends");
+    assert!(
+        served >= baseline + 2,
+        "the host ports are not among the per-packet frontends: {baseline} -> {served}"
+    );
+    let _server = Server::start(&a1, "a1");
+    let ip_a = c.ip_a;
+    let node_b_addr = c.ip_b.to_string();
+    let mut client = PodClient::outside(&c.node_b);
+    // From node B: the pod answers, sees node B's own address, and the answers come from
+    // the host port.
+    for proto in ["tcp", "udp"] {
+        for _ in 0..5 {
+            let [backend, saw, from] = client.fields(&format!("{proto} {ip_a} 8088"));
+            assert_eq!(backend, "a1", "{proto}");
+            assert_eq!(saw, node_b_addr, "{proto}: the client address is kept");
+            assert_eq!(from, format!("{ip_a}:8088"), "{proto}: answer source");
+        }
+    }
+
+    // A second pod asking for the same host port is refused, naming the holder; nothing
+    // is allocated to it.
+    let clash_ns = Netns::create(&format!("pod-a-clash-{}", std::process::id()));
+    let clash_id = format!("e2eclash{:08x}", std::process::id());
+    let clash_conf = c.netconf(
+        Node::A,
+        "veth",
+        &host_ports_netconf(&json!([{"hostPort": 8088, "containerPort": 80, "protocol": "tcp"}])),
+    );
+    let run = c.cni(
+        Node::A,
+        &CniEnv::add(
+            &clash_id,
+            &clash_ns.path(),
+            "eth0",
+            "K8S_POD_NAMESPACE=e2e;K8S_POD_NAME=clash",
+        ),
+        &clash_conf,
+    );
+    let msg = run.err(109);
+    assert!(
+        msg.contains("host port *:8088/tcp is taken") && msg.contains(&a1.container),
+        "{msg}"
+    );
+    assert!(
+        c.a.allocations().iter().all(|a| a.container_id != clash_id),
+        "the refused pod holds an address"
+    );
+    // Node B's manager runs without services.nodeport: host ports are refused there with
+    // what to do.
+    let b_ns = Netns::create(&format!("pod-b-hp-{}", std::process::id()));
+    let b_conf = c.netconf(Node::B, "veth", &host_ports_netconf(&mappings));
+    let run = c.cni(
+        Node::B,
+        &CniEnv::add(
+            "e2ehpnodeportoff",
+            &b_ns.path(),
+            "eth0",
+            "K8S_POD_NAMESPACE=e2e;K8S_POD_NAME=b",
+        ),
+        &b_conf,
+    );
+    let msg = run.err(109);
+    assert!(
+        msg.contains("services.nodeport") && msg.contains("portmap"),
+        "{msg}"
+    );
+    // A bad mapping never reaches the manager.
+    let bad = c.netconf(
+        Node::A,
+        "veth",
+        &host_ports_netconf(&json!([{"hostPort": 8089, "containerPort": 80, "protocol": "sctp"}])),
+    );
+    let run = c.cni(
+        Node::A,
+        &CniEnv::add(
+            &clash_id,
+            &clash_ns.path(),
+            "eth0",
+            "K8S_POD_NAMESPACE=e2e;K8S_POD_NAME=clash",
+        ),
+        &bad,
+    );
+    let msg = run.err(2);
+    assert!(
+        msg.contains("runtimeConfig.portMappings[0].protocol"),
+        "{msg}"
+    );
+
+    // SIGKILL: the pinned maps keep the host port answering with no manager at all.
+    c.a.kill();
+    std::thread::sleep(Duration::from_millis(500));
+    for proto in ["tcp", "udp"] {
+        let [backend, saw, _] = client.fields(&format!("{proto} {ip_a} 8088"));
+        assert_eq!(
+            (backend.as_str(), saw.as_str()),
+            ("a1", node_b_addr.as_str()),
+            "{proto} without a manager"
+        );
+    }
+    // The restarted manager reconciles from the store: the host port stays.
+    restart(&mut c.a);
+    assert!(
+        c.a.log_has(&["NodePort datapath ready", "newly_attached=0"]),
+        "the restarted manager did not adopt the NodePort programs; log:\n{}",
+        std::fs::read_to_string(&c.a.log).unwrap_or_default()
+    );
+    // A full pass of the file source after the pool published its host ports.
+    svc_touch(&c);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        metric(&metrics_a(&c), "eni_services_nodeport_frontends"),
+        served,
+        "the restarted manager serves the same per-packet frontends"
+    );
+    for proto in ["tcp", "udp"] {
+        let [backend, saw, _] = client.fields(&format!("{proto} {ip_a} 8088"));
+        assert_eq!(
+            (backend.as_str(), saw.as_str()),
+            ("a1", node_b_addr.as_str()),
+            "{proto} after the restart"
+        );
+    }
+    // The port is still a1's after the restart.
+    let run = c.cni(
+        Node::A,
+        &CniEnv::add(
+            &clash_id,
+            &clash_ns.path(),
+            "eth0",
+            "K8S_POD_NAMESPACE=e2e;K8S_POD_NAME=clash",
+        ),
+        &clash_conf,
+    );
+    assert!(run.err(109).contains(&a1.container));
+
+    // DEL: the host port is gone from the maps when DEL answers.
+    c.del_pod(&mut a1);
+    assert_eq!(
+        metric(&metrics_a(&c), "eni_services_nodeport_frontends"),
+        baseline,
+        "the host ports left the per-packet frontends"
+    );
+    let out = client.cmd(&format!("tcp {ip_a} 8088"));
+    assert!(
+        out.starts_with("ERR"),
+        "the host port still answers after DEL: {out}"
+    );
+    // And the port is free for another pod.
+    let run = c.cni(
+        Node::A,
+        &CniEnv::add(
+            &clash_id,
+            &clash_ns.path(),
+            "eth0",
+            "K8S_POD_NAMESPACE=e2e;K8S_POD_NAME=clash",
+        ),
+        &clash_conf,
+    );
+    run.ok();
+    let del = CniEnv {
+        command: "DEL",
+        container: Some(&clash_id),
+        netns: Some(&clash_ns.path()),
+        ifname: Some("eth0"),
+        args: None,
+    };
+    c.cni(Node::A, &del, &clash_conf).ok();
+}
+
+/// Makes node A's file source see a change (a new, empty YAML file), so it reconciles.
+fn svc_touch(c: &Cluster) {
+    c.svc_a
+        .as_ref()
+        .expect("node A runs the Service datapath")
+        .write("touch.yaml", "# nothing here\n");
 }
