@@ -1,7 +1,8 @@
 //! eBPF datapath for Service load balancing at the socket layer.
 //!
-//! - `src/bpf/socket_lb.bpf.c`: the cgroup hooks `connect4`, `sendmsg4`, `recvmsg4`,
-//!   `getpeername4` (compiled by `build.rs`, embedded in this library).
+//! - `src/bpf/socket_lb.bpf.c`: the cgroup hooks `connect4/6`, `sendmsg4/6`, `recvmsg4/6`,
+//!   `getpeername4/6` for IPv4 and IPv6 Services (compiled by `build.rs`, embedded in this
+//!   library).
 //! - [`maps`]: the `#[repr(C)]` key/value types, the only place their layout is written.
 //! - [`service`]: the caller-facing types, the [`DatapathMaps`] trait and the incremental
 //!   update planner.
@@ -42,8 +43,8 @@ pub use nodeport::{
 };
 pub use policy::{LinkSide, PolicyDatapath, PolicyError};
 pub use service::{
-    Backend, BackendState, DatapathMaps, MapOp, Protocol, ServiceEntry, ServiceKey, ServiceSpec,
-    UpsertOutcome,
+    Backend, BackendState, DatapathMaps, IpFamily, MapOp, Protocol, ServiceEntry, ServiceKey,
+    ServiceSpec, UpsertOutcome,
 };
 pub use socket_lb::{read_pinned, unpin_all, SocketLb, DEFAULT_PIN_DIR, PROGRAMS};
 pub use sockterm::{terminate_udp_sockets_in, terminate_udp_sockets_to};

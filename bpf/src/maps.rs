@@ -3,9 +3,10 @@
 //! is left undefined. This module owns the layouts and the `Pod` impls; it does no I/O.
 //!
 //! Addresses and ports are stored in network byte order, as the kernel hands them to the
-//! hooks: an address is `u32::from_ne_bytes(ip.octets())`, a port is `port.to_be()`.
+//! hooks: an address is `u32::from_ne_bytes(ip.octets())`, a port is `port.to_be()`; an
+//! IPv6 address is its 16 octets as four such words ([`ip6_to_map`]).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// Pinned name of the services map: [`SvcKey`] -> [`SvcVal`].
 pub const SERVICES_MAP: &str = "lb4_services";
@@ -15,8 +16,25 @@ pub const BACKENDS_MAP: &str = "lb4_backends";
 pub const AFFINITY_MAP: &str = "lb4_affinity";
 /// Pinned name of the reverse-translation LRU map: [`RevKey`] -> [`SvcKey`].
 pub const REV_NAT_MAP: &str = "lb4_rev_nat";
-/// All maps of the socket-LB object, in a fixed order.
-pub const ALL_MAPS: [&str; 4] = [SERVICES_MAP, BACKENDS_MAP, AFFINITY_MAP, REV_NAT_MAP];
+/// Pinned name of the IPv6 services map: [`Svc6Key`] -> [`SvcVal`].
+pub const SERVICES6_MAP: &str = "lb6_services";
+/// Pinned name of the IPv6 backends map: [`BeKey`] -> [`Be6Val`].
+pub const BACKENDS6_MAP: &str = "lb6_backends";
+/// Pinned name of the IPv6 session-affinity LRU map: [`AffKey`] -> [`Aff6Val`].
+pub const AFFINITY6_MAP: &str = "lb6_affinity";
+/// Pinned name of the IPv6 reverse-translation LRU map: [`Rev6Key`] -> [`Svc6Key`].
+pub const REV_NAT6_MAP: &str = "lb6_rev_nat";
+/// All maps of the socket-LB object, in a fixed order (IPv4 tables, then IPv6 ones).
+pub const ALL_MAPS: [&str; 8] = [
+    SERVICES_MAP,
+    BACKENDS_MAP,
+    AFFINITY_MAP,
+    REV_NAT_MAP,
+    SERVICES6_MAP,
+    BACKENDS6_MAP,
+    AFFINITY6_MAP,
+    REV_NAT6_MAP,
+];
 
 /// `BeVal::state` of a backend that takes new connections.
 pub const BACKEND_ACTIVE: u8 = 1;
@@ -34,6 +52,24 @@ pub fn ip_to_map(ip: Ipv4Addr) -> u32 {
 /// Converts the map representation back to an address.
 pub fn ip_from_map(raw: u32) -> Ipv4Addr {
     Ipv4Addr::from(raw.to_ne_bytes())
+}
+
+/// Converts an IPv6 address to the map representation (`struct ip6`: its 16 octets in
+/// network byte order, read as four native-endian words).
+pub fn ip6_to_map(ip: Ipv6Addr) -> [u32; 4] {
+    let o = ip.octets();
+    std::array::from_fn(|i| {
+        u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+    })
+}
+
+/// Converts the IPv6 map representation back to an address.
+pub fn ip6_from_map(raw: [u32; 4]) -> Ipv6Addr {
+    let mut o = [0u8; 16];
+    for (i, w) in raw.iter().enumerate() {
+        o[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    Ipv6Addr::from(o)
 }
 
 /// Converts a port to the map representation (network byte order in memory).
@@ -138,6 +174,67 @@ pub struct RevKey {
     pub backend_port: u16,
     /// Always zero.
     pub pad: u16,
+}
+
+/// Key of `lb6_services` (and value of `lb6_rev_nat`): an IPv6 frontend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Svc6Key {
+    /// Virtual IP ([`ip6_to_map`]).
+    pub vip: [u32; 4],
+    /// Port, network byte order.
+    pub port: u16,
+    /// IP protocol number (6 TCP, 17 UDP).
+    pub proto: u8,
+    /// Always zero.
+    pub pad: u8,
+}
+
+/// Value of `lb6_backends` (keys are [`BeKey`]; service ids are one space for both
+/// families).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Be6Val {
+    /// Backend address ([`ip6_to_map`]).
+    pub ip: [u32; 4],
+    /// Backend port, network byte order.
+    pub port: u16,
+    /// [`BACKEND_ACTIVE`] or [`BACKEND_TERMINATING`].
+    pub state: u8,
+    /// Always zero.
+    pub pad: u8,
+}
+
+/// Value of `lb6_affinity` (keys are [`AffKey`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Aff6Val {
+    /// `bpf_ktime_get_ns()` of the last use.
+    pub last_used_ns: u64,
+    /// Backend address chosen ([`ip6_to_map`]).
+    pub ip: [u32; 4],
+    /// Backend port chosen, network byte order.
+    pub port: u16,
+    /// Slot the backend was in.
+    pub slot: u16,
+    /// Always zero.
+    pub pad: u32,
+}
+
+/// Key of `lb6_rev_nat`: one socket talking to one IPv6 backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rev6Key {
+    /// `bpf_get_socket_cookie()`.
+    pub cookie: u64,
+    /// Backend address ([`ip6_to_map`]).
+    pub backend_ip: [u32; 4],
+    /// Backend port, network byte order.
+    pub backend_port: u16,
+    /// Always zero.
+    pub pad: u16,
+    /// Always zero.
+    pub pad2: u32,
 }
 
 /// Pinned name of the per-packet frontends map: [`SvcKey`] -> [`NpFrontendVal`]. A frontend
@@ -304,6 +401,26 @@ unsafe impl aya::Pod for RevKey {}
     unsafe_code,
     reason = "aya::Pod marks plain-old-data map keys and values"
 )]
+unsafe impl aya::Pod for Svc6Key {}
+#[expect(
+    unsafe_code,
+    reason = "aya::Pod marks plain-old-data map keys and values"
+)]
+unsafe impl aya::Pod for Be6Val {}
+#[expect(
+    unsafe_code,
+    reason = "aya::Pod marks plain-old-data map keys and values"
+)]
+unsafe impl aya::Pod for Aff6Val {}
+#[expect(
+    unsafe_code,
+    reason = "aya::Pod marks plain-old-data map keys and values"
+)]
+unsafe impl aya::Pod for Rev6Key {}
+#[expect(
+    unsafe_code,
+    reason = "aya::Pod marks plain-old-data map keys and values"
+)]
 unsafe impl aya::Pod for NpFrontendVal {}
 #[expect(
     unsafe_code,
@@ -341,6 +458,10 @@ pub fn expected_sizes(map: &str) -> Option<(u32, u32)> {
         BACKENDS_MAP => s(size_of::<BeKey>(), size_of::<BeVal>()),
         AFFINITY_MAP => s(size_of::<AffKey>(), size_of::<AffVal>()),
         REV_NAT_MAP => s(size_of::<RevKey>(), size_of::<SvcKey>()),
+        SERVICES6_MAP => s(size_of::<Svc6Key>(), size_of::<SvcVal>()),
+        BACKENDS6_MAP => s(size_of::<BeKey>(), size_of::<Be6Val>()),
+        AFFINITY6_MAP => s(size_of::<AffKey>(), size_of::<Aff6Val>()),
+        REV_NAT6_MAP => s(size_of::<Rev6Key>(), size_of::<Svc6Key>()),
         NP_FRONTENDS_MAP => s(size_of::<SvcKey>(), size_of::<NpFrontendVal>()),
         NP_LINKS_MAP => s(size_of::<NpLinkKey>(), size_of::<NpLinkVal>()),
         NP_CT_MAP => s(size_of::<CtKey>(), size_of::<CtVal>()),
@@ -368,6 +489,13 @@ mod tests {
         assert_eq!((size_of::<AffKey>(), align_of::<AffKey>()), (16, 8));
         assert_eq!(size_of::<AffVal>(), 16);
         assert_eq!(size_of::<RevKey>(), 16);
+        assert_eq!((size_of::<Svc6Key>(), align_of::<Svc6Key>()), (20, 4));
+        assert_eq!(size_of::<Be6Val>(), 20);
+        assert_eq!((size_of::<Aff6Val>(), align_of::<Aff6Val>()), (32, 8));
+        assert_eq!((size_of::<Rev6Key>(), align_of::<Rev6Key>()), (32, 8));
+        for m in ALL_MAPS {
+            assert!(expected_sizes(m).is_some(), "{m}");
+        }
     }
 
     #[test]
@@ -390,6 +518,11 @@ mod tests {
         assert_eq!(ip_from_map(ip_to_map(ip)), ip);
         assert_eq!(port_to_map(80).to_ne_bytes(), [0, 80]);
         assert_eq!(port_from_map(port_to_map(8080)), 8080);
+        let ip6: Ipv6Addr = "fd00:96::a".parse().unwrap();
+        let raw = ip6_to_map(ip6);
+        assert_eq!(raw[0].to_ne_bytes(), [0xfd, 0, 0, 0x96]);
+        assert_eq!(raw[3].to_ne_bytes(), [0, 0, 0, 0x0a]);
+        assert_eq!(ip6_from_map(raw), ip6);
     }
 }
 

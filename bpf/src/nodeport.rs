@@ -262,7 +262,12 @@ impl NodePortLb {
         key: ServiceKey,
         policy: TrafficPolicy,
     ) -> Result<bool, BpfError> {
-        let k = key.to_map();
+        let k = key.to_map().ok_or_else(|| BpfError::InvalidService {
+            key,
+            reason: "the per-packet (NodePort, externalIP, LoadBalancer) path is IPv4 only; \
+                     serve IPv6 addresses through the socket LB as a ClusterIP"
+                .into(),
+        })?;
         let v = policy.to_map();
         let old = absent_is_none(self.frontends.get(&k, 0))
             .map_err(map_err(NP_FRONTENDS_MAP, "lookup"))?;
@@ -278,7 +283,11 @@ impl NodePortLb {
     /// Stops serving `key` per packet (flows already tracked keep their translation until
     /// they idle out). Returns whether it was there.
     pub fn remove_frontend(&mut self, key: ServiceKey) -> Result<bool, BpfError> {
-        absent_is_none(self.frontends.remove(&key.to_map()))
+        // An IPv6 frontend is never in the (IPv4) per-packet table.
+        let Some(k) = key.to_map() else {
+            return Ok(false);
+        };
+        absent_is_none(self.frontends.remove(&k))
             .map(|o| o.is_some())
             .map_err(map_err(NP_FRONTENDS_MAP, "delete"))
     }

@@ -3,21 +3,57 @@
 //! (what the maps hold, what is wanted) into the smallest ordered list of map writes.
 //! This module does no I/O; [`crate::SocketLb`] and [`crate::fake::RecordingMaps`]
 //! apply the plans.
+//!
+//! Both address families go through the same types and the same planner: a
+//! [`ServiceKey`] with an IPv4 VIP lives in the `lb4_*` tables, one with an IPv6 VIP in the
+//! `lb6_*` tables, and a service's backends must be of its VIP's family (a mix is rejected
+//! before any map is touched). Service ids are one space shared by both families, so a
+//! [`BeKey`] names one slot whatever the family and an id is never reused across families
+//! while in use.
 
 use std::{
     collections::{BTreeSet, HashSet},
     fmt,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     time::Duration,
 };
 
 use crate::{
     error::BpfError,
     maps::{
-        ip_from_map, ip_to_map, port_from_map, port_to_map, BeKey, BeVal, SvcKey, SvcVal,
-        BACKEND_ACTIVE, BACKEND_TERMINATING, MAX_BACKENDS_PER_SERVICE,
+        ip6_from_map, ip6_to_map, ip_from_map, ip_to_map, port_from_map, port_to_map, Be6Val,
+        BeKey, BeVal, Svc6Key, SvcKey, SvcVal, BACKEND_ACTIVE, BACKEND_TERMINATING,
+        MAX_BACKENDS_PER_SERVICE,
     },
 };
+
+/// The address family of a frontend or backend: which set of tables it lives in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum IpFamily {
+    /// IPv4: `lb4_services`, `lb4_backends` (shared with the per-packet path).
+    V4,
+    /// IPv6: `lb6_services`, `lb6_backends` (socket hooks only).
+    V6,
+}
+
+impl IpFamily {
+    /// The family of an address.
+    pub fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(_) => Self::V4,
+            IpAddr::V6(_) => Self::V6,
+        }
+    }
+}
+
+impl fmt::Display for IpFamily {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::V4 => "IPv4",
+            Self::V6 => "IPv6",
+        })
+    }
+}
 
 /// Transport protocol of a frontend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -50,8 +86,9 @@ impl Protocol {
 /// A frontend: ClusterIP, port and protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceKey {
-    /// The virtual IP (ClusterIP).
-    pub vip: Ipv4Addr,
+    /// The virtual IP (ClusterIP), IPv4 or IPv6 (an IPv4-mapped IPv6 address is rejected:
+    /// program the IPv4 address, the IPv6 hooks serve its mapped form from the IPv4 tables).
+    pub vip: IpAddr,
     /// The service port.
     pub port: u16,
     /// The protocol.
@@ -64,25 +101,65 @@ impl fmt::Display for ServiceKey {
             Protocol::Tcp => "tcp",
             Protocol::Udp => "udp",
         };
-        write!(f, "{}:{}/{p}", self.vip, self.port)
+        // `[v6]:port` for IPv6, like a socket address.
+        write!(f, "{}/{p}", SocketAddr::new(self.vip, self.port))
     }
 }
 
 impl ServiceKey {
-    /// The map key.
-    pub fn to_map(self) -> SvcKey {
-        SvcKey {
-            vip: ip_to_map(self.vip),
-            port: port_to_map(self.port),
-            proto: self.protocol.number(),
-            pad: 0,
+    /// An IPv4 frontend.
+    pub fn v4(vip: Ipv4Addr, port: u16, protocol: Protocol) -> Self {
+        Self {
+            vip: IpAddr::V4(vip),
+            port,
+            protocol,
         }
     }
 
-    /// From a map key; `None` for a protocol this crate does not know.
+    /// The family of the VIP.
+    pub fn family(&self) -> IpFamily {
+        IpFamily::of(self.vip)
+    }
+
+    /// The `lb4_services` key; `None` for an IPv6 frontend.
+    pub fn to_map(self) -> Option<SvcKey> {
+        match self.vip {
+            IpAddr::V4(vip) => Some(SvcKey {
+                vip: ip_to_map(vip),
+                port: port_to_map(self.port),
+                proto: self.protocol.number(),
+                pad: 0,
+            }),
+            IpAddr::V6(_) => None,
+        }
+    }
+
+    /// The `lb6_services` key; `None` for an IPv4 frontend.
+    pub fn to_map6(self) -> Option<Svc6Key> {
+        match self.vip {
+            IpAddr::V6(vip) => Some(Svc6Key {
+                vip: ip6_to_map(vip),
+                port: port_to_map(self.port),
+                proto: self.protocol.number(),
+                pad: 0,
+            }),
+            IpAddr::V4(_) => None,
+        }
+    }
+
+    /// From an `lb4_services` key; `None` for a protocol this crate does not know.
     pub fn from_map(k: SvcKey) -> Option<Self> {
         Some(Self {
-            vip: ip_from_map(k.vip),
+            vip: IpAddr::V4(ip_from_map(k.vip)),
+            port: port_from_map(k.port),
+            protocol: Protocol::from_number(k.proto)?,
+        })
+    }
+
+    /// From an `lb6_services` key; `None` for a protocol this crate does not know.
+    pub fn from_map6(k: Svc6Key) -> Option<Self> {
+        Some(Self {
+            vip: IpAddr::V6(ip6_from_map(k.vip)),
             port: port_from_map(k.port),
             protocol: Protocol::from_number(k.proto)?,
         })
@@ -101,8 +178,8 @@ pub enum BackendState {
 /// One endpoint of a service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Backend {
-    /// Endpoint address.
-    pub ip: Ipv4Addr,
+    /// Endpoint address, of the same family as the service's VIP.
+    pub ip: IpAddr,
     /// Endpoint port.
     pub port: u16,
     /// Active or terminating.
@@ -110,17 +187,18 @@ pub struct Backend {
 }
 
 impl Backend {
-    /// An active backend.
-    pub fn active(addr: SocketAddrV4) -> Self {
+    /// An active backend (an IPv4 or IPv6 socket address).
+    pub fn active(addr: impl Into<SocketAddr>) -> Self {
+        let addr = addr.into();
         Self {
-            ip: *addr.ip(),
+            ip: addr.ip(),
             port: addr.port(),
             state: BackendState::Active,
         }
     }
 
     /// A terminating backend.
-    pub fn terminating(addr: SocketAddrV4) -> Self {
+    pub fn terminating(addr: impl Into<SocketAddr>) -> Self {
         Self {
             state: BackendState::Terminating,
             ..Self::active(addr)
@@ -128,31 +206,66 @@ impl Backend {
     }
 
     /// The backend's socket address.
-    pub fn addr(&self) -> SocketAddrV4 {
-        SocketAddrV4::new(self.ip, self.port)
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, self.port)
     }
 
-    fn to_map(self) -> BeVal {
-        BeVal {
-            ip: ip_to_map(self.ip),
-            port: port_to_map(self.port),
-            state: match self.state {
-                BackendState::Active => BACKEND_ACTIVE,
-                BackendState::Terminating => BACKEND_TERMINATING,
-            },
-            pad: 0,
+    fn state_to_map(self) -> u8 {
+        match self.state {
+            BackendState::Active => BACKEND_ACTIVE,
+            BackendState::Terminating => BACKEND_TERMINATING,
         }
     }
 
-    fn from_map(v: BeVal) -> Self {
+    fn state_from_map(state: u8) -> BackendState {
+        if state == BACKEND_ACTIVE {
+            BackendState::Active
+        } else {
+            BackendState::Terminating
+        }
+    }
+
+    /// The `lb4_backends` value; `None` for an IPv6 backend.
+    pub fn to_map(self) -> Option<BeVal> {
+        match self.ip {
+            IpAddr::V4(ip) => Some(BeVal {
+                ip: ip_to_map(ip),
+                port: port_to_map(self.port),
+                state: self.state_to_map(),
+                pad: 0,
+            }),
+            IpAddr::V6(_) => None,
+        }
+    }
+
+    /// The `lb6_backends` value; `None` for an IPv4 backend.
+    pub fn to_map6(self) -> Option<Be6Val> {
+        match self.ip {
+            IpAddr::V6(ip) => Some(Be6Val {
+                ip: ip6_to_map(ip),
+                port: port_to_map(self.port),
+                state: self.state_to_map(),
+                pad: 0,
+            }),
+            IpAddr::V4(_) => None,
+        }
+    }
+
+    /// From an `lb4_backends` value.
+    pub fn from_map(v: BeVal) -> Self {
         Self {
-            ip: ip_from_map(v.ip),
+            ip: IpAddr::V4(ip_from_map(v.ip)),
             port: port_from_map(v.port),
-            state: if v.state == BACKEND_ACTIVE {
-                BackendState::Active
-            } else {
-                BackendState::Terminating
-            },
+            state: Self::state_from_map(v.state),
+        }
+    }
+
+    /// From an `lb6_backends` value.
+    pub fn from_map6(v: Be6Val) -> Self {
+        Self {
+            ip: IpAddr::V6(ip6_from_map(v.ip)),
+            port: port_from_map(v.port),
+            state: Self::state_from_map(v.state),
         }
     }
 }
@@ -188,7 +301,7 @@ pub struct UpsertOutcome {
     pub map_ops: usize,
     /// Backends the service had before and has no longer: connected UDP sockets still
     /// aimed at them should be terminated ([`crate::terminate_udp_sockets_to`]).
-    pub removed_backends: Vec<SocketAddrV4>,
+    pub removed_backends: Vec<SocketAddr>,
 }
 
 /// The Service tables of the datapath, as the reconciler sees them. The real one is
@@ -206,26 +319,56 @@ pub trait DatapathMaps {
     fn list(&self) -> Result<Vec<ServiceEntry>, BpfError>;
 }
 
-/// One map write, in the order it must be applied.
+/// One map write, in the order it must be applied. The family (which table) is the
+/// key's: the VIP's for services, the backend address's for slot writes, explicit for
+/// slot deletes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MapOp {
     /// Insert or replace a service entry.
-    PutService(SvcKey, SvcVal),
+    PutService(ServiceKey, SvcVal),
     /// Delete a service entry.
-    DeleteService(SvcKey),
+    DeleteService(ServiceKey),
     /// Insert or replace a backend slot.
-    PutBackend(BeKey, BeVal),
-    /// Delete a backend slot.
-    DeleteBackend(BeKey),
+    PutBackend(BeKey, Backend),
+    /// Delete a backend slot of the given family's table.
+    DeleteBackend(IpFamily, BeKey),
 }
 
-/// Raw access to the two tables the planner works on; implemented by the real maps and
-/// by the fake.
+/// Raw access to the tables the planner works on (both families); implemented by the real
+/// maps and by the fake. Conversion to the map layouts happens behind it.
 pub(crate) trait RawTables {
-    fn get_service(&self, key: &SvcKey) -> Result<Option<SvcVal>, BpfError>;
-    fn get_backend(&self, key: &BeKey) -> Result<Option<BeVal>, BpfError>;
-    fn all_services(&self) -> Result<Vec<(SvcKey, SvcVal)>, BpfError>;
+    fn get_service(&self, key: &ServiceKey) -> Result<Option<SvcVal>, BpfError>;
+    fn get_backend(&self, family: IpFamily, key: &BeKey) -> Result<Option<Backend>, BpfError>;
+    fn all_services(&self) -> Result<Vec<(ServiceKey, SvcVal)>, BpfError>;
     fn apply(&mut self, op: &MapOp) -> Result<(), BpfError>;
+}
+
+/// Checks a frontend and its backends are one family and no address is IPv4-mapped.
+fn check_family(key: ServiceKey, spec: &ServiceSpec) -> Result<(), BpfError> {
+    if let IpAddr::V6(v6) = key.vip {
+        if v6.to_ipv4_mapped().is_some() {
+            return Err(BpfError::InvalidService {
+                key,
+                reason: "the VIP is an IPv4-mapped IPv6 address; program the IPv4 address \
+                         (the IPv6 hooks serve its mapped form from the IPv4 tables)"
+                    .into(),
+            });
+        }
+    }
+    let family = key.family();
+    if let Some(b) = spec.backends.iter().find(|b| IpFamily::of(b.ip) != family) {
+        return Err(BpfError::InvalidService {
+            key,
+            reason: format!(
+                "backend {} is {} but the frontend is {family}: a frontend's backends must be \
+                 of its family (pair IPv4 endpoints with the IPv4 ClusterIP and IPv6 \
+                 endpoints with the IPv6 one)",
+                b.addr(),
+                IpFamily::of(b.ip)
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn affinity_secs(key: ServiceKey, d: Option<Duration>) -> Result<u32, BpfError> {
@@ -251,14 +394,15 @@ fn affinity_secs(key: ServiceKey, d: Option<Duration>) -> Result<u32, BpfError> 
 pub(crate) fn plan_upsert(
     key: ServiceKey,
     id: u32,
-    old: Option<(SvcVal, Vec<BeVal>)>,
+    old: Option<(SvcVal, Vec<Backend>)>,
     spec: &ServiceSpec,
-) -> Result<(Vec<MapOp>, Vec<SocketAddrV4>), BpfError> {
+) -> Result<(Vec<MapOp>, Vec<SocketAddr>), BpfError> {
+    check_family(key, spec)?;
     let affinity_timeout_s = affinity_secs(key, spec.affinity_timeout)?;
     // Dedupe by address; active wins over terminating.
-    let mut seen: HashSet<SocketAddrV4> = HashSet::new();
-    let mut active: Vec<BeVal> = Vec::new();
-    let mut terminating: Vec<BeVal> = Vec::new();
+    let mut seen: HashSet<SocketAddr> = HashSet::new();
+    let mut active: Vec<Backend> = Vec::new();
+    let mut terminating: Vec<Backend> = Vec::new();
     for b in spec
         .backends
         .iter()
@@ -277,8 +421,8 @@ pub(crate) fn plan_upsert(
         }
         if seen.insert(b.addr()) {
             match b.state {
-                BackendState::Active => active.push(b.to_map()),
-                BackendState::Terminating => terminating.push(b.to_map()),
+                BackendState::Active => active.push(*b),
+                BackendState::Terminating => terminating.push(*b),
             }
         }
     }
@@ -296,9 +440,9 @@ pub(crate) fn plan_upsert(
     };
 
     // Lay out: keep a backend in its old slot when that slot is in its new range.
-    let mut want_active: HashSet<BeVal> = active.iter().copied().collect();
-    let mut want_term: HashSet<BeVal> = terminating.iter().copied().collect();
-    let mut slots: Vec<Option<BeVal>> = vec![None; n];
+    let mut want_active: HashSet<Backend> = active.iter().copied().collect();
+    let mut want_term: HashSet<Backend> = terminating.iter().copied().collect();
+    let mut slots: Vec<Option<Backend>> = vec![None; n];
     for (i, v) in old_slots.iter().enumerate().take(n) {
         let pool = if i < a {
             &mut want_active
@@ -320,10 +464,10 @@ pub(crate) fn plan_upsert(
             };
         }
     }
-    let slots: Vec<BeVal> = slots.into_iter().flatten().collect();
+    let slots: Vec<Backend> = slots.into_iter().flatten().collect();
     debug_assert_eq!(slots.len(), n);
 
-    let skey = key.to_map();
+    let skey = key;
     let final_val = SvcVal {
         id,
         backend_count: n as u16,
@@ -362,35 +506,45 @@ pub(crate) fn plan_upsert(
         ops.push(MapOp::PutService(skey, final_val));
     }
     for i in n..old_n {
-        ops.push(MapOp::DeleteBackend(BeKey {
-            svc_id: id,
-            slot: i as u32,
-        }));
+        ops.push(MapOp::DeleteBackend(
+            key.family(),
+            BeKey {
+                svc_id: id,
+                slot: i as u32,
+            },
+        ));
     }
 
-    let now: HashSet<SocketAddrV4> = slots.iter().map(|v| Backend::from_map(*v).addr()).collect();
+    let now: HashSet<SocketAddr> = slots.iter().map(Backend::addr).collect();
     let removed = old_slots
         .iter()
-        .map(|v| Backend::from_map(*v).addr())
+        .map(Backend::addr)
         .filter(|a| !now.contains(a))
         .collect();
     Ok((ops, removed))
 }
 
-fn read_slots<R: RawTables + ?Sized>(raw: &R, val: &SvcVal) -> Result<Vec<BeVal>, BpfError> {
+fn read_slots<R: RawTables + ?Sized>(
+    raw: &R,
+    family: IpFamily,
+    val: &SvcVal,
+) -> Result<Vec<Backend>, BpfError> {
     let mut out = Vec::with_capacity(usize::from(val.backend_count));
     for slot in 0..u32::from(val.backend_count) {
-        if let Some(v) = raw.get_backend(&BeKey {
-            svc_id: val.id,
-            slot,
-        })? {
+        if let Some(v) = raw.get_backend(
+            family,
+            &BeKey {
+                svc_id: val.id,
+                slot,
+            },
+        )? {
             out.push(v);
         }
     }
     Ok(out)
 }
 
-/// The service ids in use, read from the services table.
+/// The service ids in use, read from the services tables of both families.
 pub(crate) fn used_ids<R: RawTables + ?Sized>(raw: &R) -> Result<BTreeSet<u32>, BpfError> {
     Ok(raw.all_services()?.into_iter().map(|(_, v)| v.id).collect())
 }
@@ -414,9 +568,8 @@ pub(crate) fn upsert<R: RawTables + ?Sized>(
     key: ServiceKey,
     spec: &ServiceSpec,
 ) -> Result<UpsertOutcome, BpfError> {
-    let skey = key.to_map();
-    let old = match raw.get_service(&skey)? {
-        Some(v) => Some((v, read_slots(raw, &v)?)),
+    let old = match raw.get_service(&key)? {
+        Some(v) => Some((v, read_slots(raw, key.family(), &v)?)),
         None => None,
     };
     let created = old.is_none();
@@ -443,13 +596,15 @@ pub(crate) fn delete<R: RawTables + ?Sized>(
     ids: &mut BTreeSet<u32>,
     key: ServiceKey,
 ) -> Result<bool, BpfError> {
-    let skey = key.to_map();
-    let Some(v) = raw.get_service(&skey)? else {
+    let Some(v) = raw.get_service(&key)? else {
         return Ok(false);
     };
-    raw.apply(&MapOp::DeleteService(skey))?;
+    raw.apply(&MapOp::DeleteService(key))?;
     for slot in 0..u32::from(v.backend_count) {
-        raw.apply(&MapOp::DeleteBackend(BeKey { svc_id: v.id, slot }))?;
+        raw.apply(&MapOp::DeleteBackend(
+            key.family(),
+            BeKey { svc_id: v.id, slot },
+        ))?;
     }
     ids.remove(&v.id);
     Ok(true)
@@ -458,14 +613,8 @@ pub(crate) fn delete<R: RawTables + ?Sized>(
 /// List through any [`RawTables`], sorted by frontend.
 pub(crate) fn list<R: RawTables + ?Sized>(raw: &R) -> Result<Vec<ServiceEntry>, BpfError> {
     let mut out = Vec::new();
-    for (k, v) in raw.all_services()? {
-        let Some(key) = ServiceKey::from_map(k) else {
-            continue;
-        };
-        let backends = read_slots(raw, &v)?
-            .into_iter()
-            .map(Backend::from_map)
-            .collect();
+    for (key, v) in raw.all_services()? {
+        let backends = read_slots(raw, key.family(), &v)?;
         out.push(ServiceEntry {
             key,
             id: v.id,
@@ -484,17 +633,30 @@ pub(crate) fn list<R: RawTables + ?Sized>(raw: &R) -> Result<Vec<ServiceEntry>, 
 mod tests {
     use super::*;
     use crate::fake::RecordingMaps;
+    use std::net::{Ipv6Addr, SocketAddrV4, SocketAddrV6};
 
     fn key() -> ServiceKey {
         ServiceKey {
-            vip: Ipv4Addr::new(10, 96, 0, 10),
+            vip: Ipv4Addr::new(10, 96, 0, 10).into(),
             port: 80,
             protocol: Protocol::Tcp,
         }
     }
 
-    fn be(last: u8) -> SocketAddrV4 {
-        SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, last), 8080)
+    fn be(last: u8) -> SocketAddr {
+        SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, last), 8080).into()
+    }
+
+    fn key6() -> ServiceKey {
+        ServiceKey {
+            vip: "fd00:96::10".parse().unwrap(),
+            port: 80,
+            protocol: Protocol::Tcp,
+        }
+    }
+
+    fn be6(last: u16) -> SocketAddr {
+        SocketAddrV6::new(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 1, last), 8080, 0, 0).into()
     }
 
     fn spec(active: &[u8], terminating: &[u8]) -> ServiceSpec {
@@ -560,7 +722,7 @@ mod tests {
                 }
             )
         ));
-        assert!(matches!(m.ops.last(), Some(MapOp::DeleteBackend(_))));
+        assert!(matches!(m.ops.last(), Some(MapOp::DeleteBackend(..))));
         let l = m.list().unwrap();
         let addrs: HashSet<_> = l[0].spec.backends.iter().map(|b| b.addr()).collect();
         assert_eq!(addrs, [be(2), be(4)].into_iter().collect());
@@ -647,6 +809,78 @@ mod tests {
             assert_eq!(got, want);
             assert_eq!(m.backend_slots(), want.len());
         }
+    }
+
+    #[test]
+    fn ipv6_services_plan_like_ipv4_ones_and_share_the_id_space() {
+        let mut m = RecordingMaps::new();
+        let id4 = m.upsert_service(key(), &spec(&[2, 3], &[])).unwrap().id;
+        let six = |a: &[u16], t: &[u16]| ServiceSpec {
+            backends: a
+                .iter()
+                .map(|l| Backend::active(be6(*l)))
+                .chain(t.iter().map(|l| Backend::terminating(be6(*l))))
+                .collect(),
+            affinity_timeout: Some(Duration::from_secs(30)),
+        };
+        let out = m.upsert_service(key6(), &six(&[2, 3, 4], &[])).unwrap();
+        assert!(out.created);
+        assert_ne!(out.id, id4, "one id space for both families");
+        let out = m.upsert_service(key6(), &six(&[2, 4], &[3])).unwrap();
+        assert!(
+            out.removed_backends.is_empty(),
+            "3 is terminating, not gone"
+        );
+        let out = m.upsert_service(key6(), &six(&[4], &[])).unwrap();
+        let removed: HashSet<_> = out.removed_backends.into_iter().collect();
+        assert_eq!(removed, [be6(2), be6(3)].into_iter().collect());
+        assert!(matches!(
+            m.ops.last(),
+            Some(MapOp::DeleteBackend(IpFamily::V6, _))
+        ));
+        let l = m.list().unwrap();
+        assert_eq!(l.len(), 2);
+        let e6 = l.iter().find(|e| e.key == key6()).unwrap();
+        assert_eq!(e6.spec.backends, vec![Backend::active(be6(4))]);
+        assert_eq!(e6.spec.affinity_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(key6().to_string(), "[fd00:96::10]:80/tcp");
+        assert!(m.delete_service(key6()).unwrap());
+        assert_eq!(m.list().unwrap().len(), 1);
+        assert_eq!(m.backend_slots(), 2);
+    }
+
+    #[test]
+    fn mixed_families_and_mapped_vips_are_rejected() {
+        let mut m = RecordingMaps::new();
+        let e = m
+            .upsert_service(
+                key(),
+                &ServiceSpec {
+                    backends: vec![Backend::active(be6(2))],
+                    affinity_timeout: None,
+                },
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("10.96.0.10:80/tcp") && e.contains("is IPv6 but the frontend is IPv4"),
+            "{e}"
+        );
+        let e = m
+            .upsert_service(key6(), &spec(&[2], &[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is IPv4 but the frontend is IPv6"), "{e}");
+        let mapped = ServiceKey {
+            vip: Ipv4Addr::new(10, 96, 0, 10).to_ipv6_mapped().into(),
+            ..key()
+        };
+        let e = m
+            .upsert_service(mapped, &ServiceSpec::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("IPv4-mapped"), "{e}");
+        assert!(m.ops.is_empty(), "nothing written");
     }
 
     #[test]

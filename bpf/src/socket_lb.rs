@@ -1,16 +1,21 @@
 //! `SocketLb`: loads the embedded socket-LB object with its maps pinned (adopting maps a
-//! previous loader pinned), attaches the eight hooks (four IPv4, four for IPv4-mapped IPv6 addresses) to a cgroup with pinned bpf_links, and
-//! applies service plans to the maps. It owns the kernel side of this crate; the planning
-//! lives in [`crate::service`].
+//! previous loader pinned), attaches the eight hooks (four for AF_INET sockets, four for
+//! AF_INET6 ones: native IPv6 Services and IPv4-mapped addresses of IPv4 ones) to a cgroup
+//! with pinned bpf_links, and applies service plans to the maps, writing the IPv4 or the
+//! IPv6 tables by the frontend's family. It owns the kernel side of this crate; the
+//! planning lives in [`crate::service`].
 //!
 //! Pin layout under `pin_dir` (default [`DEFAULT_PIN_DIR`]):
-//! `lb4_services`, `lb4_backends`, `lb4_affinity`, `lb4_rev_nat` (maps) and
+//! `lb4_services`, `lb4_backends`, `lb4_affinity`, `lb4_rev_nat`, `lb6_services`,
+//! `lb6_backends`, `lb6_affinity`, `lb6_rev_nat` (maps; a pin dir written by a loader
+//! from before IPv6 gets the `lb6_*` maps created next to the adopted IPv4 ones) and
 //! `links/cgroup-<inode>/<program>` (one bpf_link per hook and cgroup; the inode is the
 //! cgroup directory's, `stat -c %i <cgroup dir>`; bpffs holds no plain files).
 
 use std::{
     collections::BTreeSet,
     fs::{self, File},
+    net::IpAddr,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
@@ -24,8 +29,14 @@ use aya::{
 
 use crate::{
     error::BpfError,
-    maps::{expected_sizes, BeKey, BeVal, SvcKey, SvcVal, ALL_MAPS, BACKENDS_MAP, SERVICES_MAP},
-    service::{self, DatapathMaps, MapOp, RawTables, ServiceEntry, ServiceKey, ServiceSpec},
+    maps::{
+        expected_sizes, ip6_to_map, ip_to_map, port_to_map, Be6Val, BeKey, BeVal, Svc6Key, SvcKey,
+        SvcVal, ALL_MAPS, BACKENDS6_MAP, BACKENDS_MAP, SERVICES6_MAP, SERVICES_MAP,
+    },
+    service::{
+        self, Backend, DatapathMaps, IpFamily, MapOp, RawTables, ServiceEntry, ServiceKey,
+        ServiceSpec,
+    },
     UpsertOutcome,
 };
 
@@ -55,11 +66,15 @@ pub struct SocketLb {
     ids: BTreeSet<u32>,
 }
 
-/// The services and backends maps, as the loader holds them or as opened from their pins.
+/// The services and backends maps of both families, as the loader holds them or as opened
+/// from their pins. The IPv6 ones are `None` only when [`read_pinned`] finds a pin dir
+/// written before IPv6 existed (read as no IPv6 services).
 #[derive(Debug)]
 struct Tables {
     services: HashMap<MapData, SvcKey, SvcVal>,
     backends: HashMap<MapData, BeKey, BeVal>,
+    services6: Option<HashMap<MapData, Svc6Key, SvcVal>>,
+    backends6: Option<HashMap<MapData, BeKey, Be6Val>>,
 }
 
 /// Every service with its backends, read from the maps pinned under `pin_dir` without
@@ -83,9 +98,19 @@ pub fn read_pinned(pin_dir: impl AsRef<Path>) -> Result<Vec<ServiceEntry>, BpfEr
             .map_err(map_err(name, "open"))
     }
     let pin_dir = pin_dir.as_ref();
+    let (services6, backends6) = if pin_dir.join(SERVICES6_MAP).exists() {
+        (
+            Some(open(pin_dir, SERVICES6_MAP)?),
+            Some(open(pin_dir, BACKENDS6_MAP)?),
+        )
+    } else {
+        (None, None)
+    };
     let tables = Tables {
         services: open(pin_dir, SERVICES_MAP)?,
         backends: open(pin_dir, BACKENDS_MAP)?,
+        services6,
+        backends6,
     };
     service::list(&tables)
 }
@@ -166,6 +191,8 @@ impl SocketLb {
         let tables = Tables {
             services: take_hash(&mut bpf, SERVICES_MAP)?,
             backends: take_hash(&mut bpf, BACKENDS_MAP)?,
+            services6: Some(take_hash(&mut bpf, SERVICES6_MAP)?),
+            backends6: Some(take_hash(&mut bpf, BACKENDS6_MAP)?),
         };
         let ids = service::used_ids(&tables)?;
         Ok(Self {
@@ -337,38 +364,138 @@ fn absent_is_none<V>(r: Result<V, MapError>) -> Result<Option<V>, MapError> {
     }
 }
 
+impl Tables {
+    fn services6(&self) -> Result<&HashMap<MapData, Svc6Key, SvcVal>, BpfError> {
+        self.services6
+            .as_ref()
+            .ok_or(BpfError::MissingMap { map: SERVICES6_MAP })
+    }
+
+    fn backends6(&self) -> Result<&HashMap<MapData, BeKey, Be6Val>, BpfError> {
+        self.backends6
+            .as_ref()
+            .ok_or(BpfError::MissingMap { map: BACKENDS6_MAP })
+    }
+
+    fn services6_mut(&mut self) -> Result<&mut HashMap<MapData, Svc6Key, SvcVal>, BpfError> {
+        self.services6
+            .as_mut()
+            .ok_or(BpfError::MissingMap { map: SERVICES6_MAP })
+    }
+
+    fn backends6_mut(&mut self) -> Result<&mut HashMap<MapData, BeKey, Be6Val>, BpfError> {
+        self.backends6
+            .as_mut()
+            .ok_or(BpfError::MissingMap { map: BACKENDS6_MAP })
+    }
+}
+
+/// The map key of a service, in its family's layout.
+enum FamilyKey {
+    V4(SvcKey),
+    V6(Svc6Key),
+}
+
+fn family_key(key: &ServiceKey) -> FamilyKey {
+    let (port, proto) = (port_to_map(key.port), key.protocol.number());
+    match key.vip {
+        IpAddr::V4(vip) => FamilyKey::V4(SvcKey {
+            vip: ip_to_map(vip),
+            port,
+            proto,
+            pad: 0,
+        }),
+        IpAddr::V6(vip) => FamilyKey::V6(Svc6Key {
+            vip: ip6_to_map(vip),
+            port,
+            proto,
+            pad: 0,
+        }),
+    }
+}
+
 impl RawTables for Tables {
-    fn get_service(&self, key: &SvcKey) -> Result<Option<SvcVal>, BpfError> {
-        absent_is_none(self.services.get(key, 0)).map_err(map_err(SERVICES_MAP, "lookup"))
+    fn get_service(&self, key: &ServiceKey) -> Result<Option<SvcVal>, BpfError> {
+        match family_key(key) {
+            FamilyKey::V4(k) => {
+                absent_is_none(self.services.get(&k, 0)).map_err(map_err(SERVICES_MAP, "lookup"))
+            }
+            FamilyKey::V6(k) => absent_is_none(self.services6()?.get(&k, 0))
+                .map_err(map_err(SERVICES6_MAP, "lookup")),
+        }
     }
 
-    fn get_backend(&self, key: &BeKey) -> Result<Option<BeVal>, BpfError> {
-        absent_is_none(self.backends.get(key, 0)).map_err(map_err(BACKENDS_MAP, "lookup"))
+    fn get_backend(&self, family: IpFamily, key: &BeKey) -> Result<Option<Backend>, BpfError> {
+        match family {
+            IpFamily::V4 => absent_is_none(self.backends.get(key, 0))
+                .map(|v| v.map(Backend::from_map))
+                .map_err(map_err(BACKENDS_MAP, "lookup")),
+            IpFamily::V6 => absent_is_none(self.backends6()?.get(key, 0))
+                .map(|v| v.map(Backend::from_map6))
+                .map_err(map_err(BACKENDS6_MAP, "lookup")),
+        }
     }
 
-    fn all_services(&self) -> Result<Vec<(SvcKey, SvcVal)>, BpfError> {
-        self.services
-            .iter()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(map_err(SERVICES_MAP, "iterate"))
+    fn all_services(&self) -> Result<Vec<(ServiceKey, SvcVal)>, BpfError> {
+        let mut out = Vec::new();
+        for kv in self.services.iter() {
+            let (k, v) = kv.map_err(map_err(SERVICES_MAP, "iterate"))?;
+            // A protocol this crate does not know is not one of its entries.
+            if let Some(key) = ServiceKey::from_map(k) {
+                out.push((key, v));
+            }
+        }
+        if let Some(services6) = &self.services6 {
+            for kv in services6.iter() {
+                let (k, v) = kv.map_err(map_err(SERVICES6_MAP, "iterate"))?;
+                if let Some(key) = ServiceKey::from_map6(k) {
+                    out.push((key, v));
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn apply(&mut self, op: &MapOp) -> Result<(), BpfError> {
-        match op {
-            MapOp::PutService(k, v) => self
-                .services
-                .insert(k, v, 0)
-                .map_err(map_err(SERVICES_MAP, "update")),
-            MapOp::DeleteService(k) => absent_is_none(self.services.remove(k))
-                .map(|_| ())
-                .map_err(map_err(SERVICES_MAP, "delete")),
-            MapOp::PutBackend(k, v) => self
-                .backends
-                .insert(k, v, 0)
-                .map_err(map_err(BACKENDS_MAP, "update")),
-            MapOp::DeleteBackend(k) => absent_is_none(self.backends.remove(k))
+        match *op {
+            MapOp::PutService(k, v) => match family_key(&k) {
+                FamilyKey::V4(k) => self
+                    .services
+                    .insert(k, v, 0)
+                    .map_err(map_err(SERVICES_MAP, "update")),
+                FamilyKey::V6(k) => self
+                    .services6_mut()?
+                    .insert(k, v, 0)
+                    .map_err(map_err(SERVICES6_MAP, "update")),
+            },
+            MapOp::DeleteService(k) => match family_key(&k) {
+                FamilyKey::V4(k) => absent_is_none(self.services.remove(&k))
+                    .map(|_| ())
+                    .map_err(map_err(SERVICES_MAP, "delete")),
+                FamilyKey::V6(k) => absent_is_none(self.services6_mut()?.remove(&k))
+                    .map(|_| ())
+                    .map_err(map_err(SERVICES6_MAP, "delete")),
+            },
+            MapOp::PutBackend(k, b) => match (b.to_map(), b.to_map6()) {
+                (Some(v), _) => self
+                    .backends
+                    .insert(k, v, 0)
+                    .map_err(map_err(BACKENDS_MAP, "update")),
+                (_, Some(v)) => self
+                    .backends6_mut()?
+                    .insert(k, v, 0)
+                    .map_err(map_err(BACKENDS6_MAP, "update")),
+                // A backend is IPv4 (to_map) or IPv6 (to_map6): never both None.
+                (None, None) => Ok(()),
+            },
+            MapOp::DeleteBackend(IpFamily::V4, k) => absent_is_none(self.backends.remove(&k))
                 .map(|_| ())
                 .map_err(map_err(BACKENDS_MAP, "delete")),
+            MapOp::DeleteBackend(IpFamily::V6, k) => {
+                absent_is_none(self.backends6_mut()?.remove(&k))
+                    .map(|_| ())
+                    .map_err(map_err(BACKENDS6_MAP, "delete"))
+            }
         }
     }
 }

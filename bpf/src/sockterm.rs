@@ -5,14 +5,16 @@
 //! address and run no cgroup hook, so the eBPF side cannot move it. Like Cilium, the
 //! control plane destroys such sockets when their backend leaves: the application sees
 //! `ECONNABORTED` and the socket is disconnected, so it must connect again — and that
-//! connect goes through `connect4` and picks a live backend. Sockets live in network
+//! connect goes through `connect4` (or `connect6`) and picks a live backend. IPv4
+//! backends are looked for among AF_INET sockets and AF_INET6 ones using the IPv4-mapped
+//! form; IPv6 backends among AF_INET6 sockets. Sockets live in network
 //! namespaces: this works on the calling thread's namespace, or on one given by path (a
 //! short-lived thread enters it, so no caller thread is ever left in another namespace).
 
 use std::{
     fs::File,
     io,
-    net::SocketAddrV4,
+    net::{IpAddr, SocketAddr},
     os::fd::{AsRawFd, OwnedFd},
     path::Path,
 };
@@ -102,28 +104,34 @@ fn walk(
 }
 
 /// Destroys every UDP socket of the calling thread's network namespace whose peer is
-/// `backend`: AF_INET sockets, and AF_INET6 ones connected to its IPv4-mapped form
-/// (`::ffff:a.b.c.d`, which the socket hooks translate too). Returns how many were destroyed.
-pub fn terminate_udp_sockets_to(backend: SocketAddrV4) -> Result<usize, BpfError> {
+/// `backend`. For an IPv4 backend: AF_INET sockets, and AF_INET6 ones connected to its
+/// IPv4-mapped form (`::ffff:a.b.c.d`, which the socket hooks translate too); for an IPv6
+/// backend: AF_INET6 sockets. Returns how many were destroyed.
+pub fn terminate_udp_sockets_to(backend: impl Into<SocketAddr>) -> Result<usize, BpfError> {
+    let backend = backend.into();
+    let families: &[u8] = match backend {
+        SocketAddr::V4(_) => &[AF_INET, AF_INET6],
+        SocketAddr::V6(_) => &[AF_INET6],
+    };
     let mut destroyed = 0;
     let mut seq = 1;
-    for family in [AF_INET, AF_INET6] {
-        destroyed += terminate_family(family, backend, &mut seq)?;
+    for family in families {
+        destroyed += terminate_family(*family, backend, &mut seq)?;
     }
     Ok(destroyed)
 }
 
 /// The peer address as `struct inet_diag_sockid` holds it for `family` (16 bytes, IPv4 in
-/// the first 4 for AF_INET).
-fn diag_dst(family: u8, backend: SocketAddrV4) -> Vec<u8> {
-    if family == AF_INET {
-        backend.ip().octets().to_vec()
-    } else {
-        backend.ip().to_ipv6_mapped().octets().to_vec()
+/// the first 4 for AF_INET; an IPv4 address in its mapped form for AF_INET6).
+fn diag_dst(family: u8, backend: SocketAddr) -> Vec<u8> {
+    match backend.ip() {
+        IpAddr::V4(ip) if family == AF_INET => ip.octets().to_vec(),
+        IpAddr::V4(ip) => ip.to_ipv6_mapped().octets().to_vec(),
+        IpAddr::V6(ip) => ip.octets().to_vec(),
     }
 }
 
-fn terminate_family(family: u8, backend: SocketAddrV4, seq: &mut u32) -> Result<usize, BpfError> {
+fn terminate_family(family: u8, backend: SocketAddr, seq: &mut u32) -> Result<usize, BpfError> {
     let fd = open()?;
     let kernel = NetlinkAddr::new(0, 0);
     sendto(
@@ -190,7 +198,11 @@ fn terminate_family(family: u8, backend: SocketAddrV4, seq: &mut u32) -> Result<
 
 /// [`terminate_udp_sockets_to`] inside the network namespace at `netns` (e.g.
 /// `/run/netns/NAME` or `/proc/PID/ns/net`), from a short-lived thread.
-pub fn terminate_udp_sockets_in(netns: &Path, backend: SocketAddrV4) -> Result<usize, BpfError> {
+pub fn terminate_udp_sockets_in(
+    netns: &Path,
+    backend: impl Into<SocketAddr>,
+) -> Result<usize, BpfError> {
+    let backend = backend.into();
     let ns = File::open(netns).map_err(|e| BpfError::io("open netns", netns, e))?;
     std::thread::scope(|s| {
         s.spawn(|| {

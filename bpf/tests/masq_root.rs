@@ -913,7 +913,7 @@ fn nodeport_replies_from_a_local_pod_are_not_masqueraded() {
         pins,
     };
     let key = ServiceKey {
-        vip: NODE,
+        vip: NODE.into(),
         port: 30080,
         protocol: Protocol::Tcp,
     };

@@ -466,7 +466,7 @@ impl Drop for Cluster {
 
 fn key(vip: Ipv4Addr, port: u16, protocol: Protocol) -> ServiceKey {
     ServiceKey {
-        vip,
+        vip: vip.into(),
         port,
         protocol,
     }

@@ -1,271 +1,24 @@
-//! Root tests of the socket-LB datapath. Each test makes its own network namespace (only
-//! `lo`), its own child cgroup under `/sys/fs/cgroup/unified`, and its own bpffs instance
-//! for pins; backends listen on 127.0.0.x inside that namespace, clients run inside both
-//! the namespace and the cgroup. Nothing of the host's network, root cgroup or
-//! `/sys/fs/bpf` is touched. Guards remove everything, also on panic.
+//! Root tests of the socket-LB datapath for IPv4 Services (and their IPv4-mapped form on
+//! AF_INET6 sockets). The harness (namespaces, cgroup, bpffs, backend server, client) is
+//! `common/`; backends listen on 127.0.0.x inside the test's namespace.
+
+mod common;
 
 use std::{
     collections::BTreeSet,
-    io::{BufRead, BufReader, Write},
     net::{Ipv4Addr, SocketAddrV4},
-    path::{Path, PathBuf},
-    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    process::{Command, Stdio},
     thread::sleep,
     time::Duration,
 };
 
+use common::{skip_unless_root, Env};
 use eni_bpf::{
-    terminate_udp_sockets_in, unpin_all, Backend, DatapathMaps, Protocol, ServiceKey, ServiceSpec,
-    SocketLb,
+    terminate_udp_sockets_in, Backend, DatapathMaps, Protocol, ServiceKey, ServiceSpec, SocketLb,
 };
 
-const CGROUP_ROOT: &str = "/sys/fs/cgroup/unified";
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-fn skip_unless_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return false;
-    }
-    let _ = std::io::Write::write_all(&mut std::io::stderr(), b"SKIPPED: needs root\n");
-    true
-}
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-const SERVER: &str = r#"
-import socket, sys, threading
-def conn(c, name):
-    c.sendall((name + '\n').encode())
-    while True:
-        d = c.recv(4096)
-        if not d: break
-        c.sendall((name + ' ' + d.decode().strip() + '\n').encode())
-def tcp(name):
-    h, p = name.rsplit(':', 1)
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((h, int(p))); s.listen(128)
-    ready.release()
-    while True:
-        c, _ = s.accept()
-        threading.Thread(target=conn, args=(c, name), daemon=True).start()
-def udp(name):
-    h, p = name.rsplit(':', 1)
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((h, int(p)))
-    ready.release()
-    while True:
-        d, src = s.recvfrom(4096)
-        s.sendto(name.encode(), src)
-ready = threading.Semaphore(0)
-for a in sys.argv[1:]:
-    threading.Thread(target=tcp, args=(a,), daemon=True).start()
-    threading.Thread(target=udp, args=(a,), daemon=True).start()
-for _ in range(2 * len(sys.argv[1:])): ready.acquire()
-print('ready', flush=True)
-threading.Event().wait()
-"#;
-
-const CLIENT: &str = r#"
-import socket, sys
-socks = {}
-def fmt(a): return '%s:%d' % a
-for line in sys.stdin:
-    p = line.split()
-    try:
-        if p[0] == 'tcp':
-            s = socket.create_connection((p[1], int(p[2])), timeout=3)
-            out = s.makefile().readline().strip() + ' ' + fmt(s.getpeername()); s.close()
-        elif p[0] == 'tcp6':
-            s = socket.socket(socket.AF_INET6); s.settimeout(3); s.connect(('::ffff:' + p[1], int(p[2])))
-            out = s.makefile().readline().strip() + ' ' + fmt(s.getpeername()[:2]); s.close()
-        elif p[0] == 'udp6':
-            s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.settimeout(3)
-            s.sendto(b'x', ('::ffff:' + p[1], int(p[2]))); d, src = s.recvfrom(4096)
-            out = d.decode() + ' ' + fmt(src[:2]); s.close()
-        elif p[0] == 'uconn6':
-            s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.settimeout(3)
-            s.connect(('::ffff:' + p[2], int(p[3]))); socks[p[1]] = (s, None); s.send(b'x')
-            d, src = s.recvfrom(4096); out = d.decode() + ' ' + fmt(s.getpeername()[:2])
-        elif p[0] == 'open':
-            s = socket.create_connection((p[2], int(p[3])), timeout=3); f = s.makefile()
-            socks[p[1]] = (s, f); out = f.readline().strip() + ' ' + fmt(s.getpeername())
-        elif p[0] == 'echo':
-            s, f = socks[p[1]]; s.sendall(b'ping\n'); out = f.readline().strip()
-        elif p[0] == 'udp':
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)
-            s.sendto(b'x', (p[1], int(p[2]))); d, src = s.recvfrom(4096)
-            out = d.decode() + ' ' + fmt(src); s.close()
-        elif p[0] == 'uconn':
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)
-            s.connect((p[2], int(p[3]))); socks[p[1]] = (s, None); s.send(b'x')
-            d, src = s.recvfrom(4096); out = d.decode() + ' ' + fmt(src) + ' ' + fmt(s.getpeername())
-        elif p[0] == 'usend':
-            s, _ = socks[p[1]]; s.send(b'x'); d, src = s.recvfrom(4096)
-            out = d.decode() + ' ' + fmt(src[:2])
-        else:
-            out = 'ERR unknown'
-    except Exception as e:
-        out = 'ERR ' + type(e).__name__ + ' ' + str(e)
-    print(out.replace('\n', ' '), flush=True)
-"#;
-
-/// A process killed and reaped on drop.
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A client shell inside the test cgroup and namespace, driven line by line.
-struct Client {
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-    _proc: Proc,
-}
-
-impl Client {
-    fn cmd(&mut self, line: &str) -> String {
-        writeln!(self.stdin, "{line}").expect("client stdin");
-        let mut out = String::new();
-        self.stdout.read_line(&mut out).expect("client stdout");
-        out.trim().to_owned()
-    }
-
-    /// (backend that answered, second field: peer name or reply source)
-    fn pair(&mut self, line: &str) -> (String, String) {
-        let out = self.cmd(line);
-        assert!(!out.starts_with("ERR"), "{line}: {out}");
-        let mut it = out.split_whitespace();
-        (
-            it.next().unwrap_or_default().to_owned(),
-            it.next().unwrap_or_default().to_owned(),
-        )
-    }
-}
-
-/// Everything one test owns; fields drop in order: processes, loader, pins, bpffs, cgroup, netns.
-struct Env {
-    clients: Vec<Proc>,
-    server: Option<Proc>,
-    lb: Option<SocketLb>,
-    pins: PathBuf,
-    bpffs: PathBuf,
-    cgroup: PathBuf,
-    netns: String,
-}
-
-impl Env {
-    fn new(backends: &[&str]) -> Self {
-        let tag = format!(
-            "eni-bpf-t{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::SeqCst)
-        );
-        let bpffs = std::env::temp_dir().join(format!("{tag}-bpffs"));
-        let mut env = Env {
-            clients: Vec::new(),
-            server: None,
-            lb: None,
-            pins: bpffs.join("eni-net"),
-            bpffs,
-            cgroup: Path::new(CGROUP_ROOT).join(&tag),
-            netns: tag,
-        };
-        // Register each resource before creating the next, so Drop cleans what exists.
-        run(Command::new("ip").args(["netns", "add", &env.netns]));
-        run(Command::new("ip").args(["-n", &env.netns, "link", "set", "lo", "up"]));
-        std::fs::create_dir(&env.cgroup).expect("create test cgroup");
-        std::fs::create_dir_all(&env.bpffs).expect("bpffs dir");
-        run(Command::new("mount")
-            .args(["-t", "bpf", "bpf"])
-            .arg(&env.bpffs));
-        let mut server = Command::new("ip")
-            .args(["netns", "exec", &env.netns, "python3", "-u", "-c", SERVER])
-            .args(backends)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn server");
-        let mut line = String::new();
-        BufReader::new(server.stdout.take().expect("server stdout"))
-            .read_line(&mut line)
-            .expect("server ready");
-        env.server = Some(Proc(server));
-        assert_eq!(line.trim(), "ready");
-        env
-    }
-
-    fn load(&mut self) -> &mut SocketLb {
-        let mut lb = SocketLb::load_or_adopt(&self.pins).expect("load");
-        lb.attach(&self.cgroup).expect("attach");
-        self.lb.insert(lb)
-    }
-
-    fn lb(&mut self) -> &mut SocketLb {
-        self.lb.as_mut().expect("loaded")
-    }
-
-    fn netns_path(&self) -> PathBuf {
-        Path::new("/run/netns").join(&self.netns)
-    }
-
-    /// A client that moves itself into the test cgroup, then enters the test namespace.
-    fn client(&mut self) -> Client {
-        let script = format!(
-            "echo $$ > {}/cgroup.procs && exec ip netns exec {} python3 -u -c \"$0\"",
-            self.cgroup.display(),
-            self.netns
-        );
-        let mut child = Command::new("sh")
-            .args(["-c", &script, CLIENT])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn client");
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        Client {
-            stdin,
-            stdout,
-            _proc: Proc(child),
-        }
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        self.clients.clear();
-        self.server = None;
-        self.lb = None;
-        let _ = unpin_all(&self.pins);
-        let _ = Command::new("umount").arg(&self.bpffs).status();
-        let _ = std::fs::remove_dir(&self.bpffs);
-        for _ in 0..50 {
-            if std::fs::remove_dir(&self.cgroup).is_ok() || !self.cgroup.exists() {
-                break;
-            }
-            sleep(Duration::from_millis(100));
-        }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.netns])
-            .status();
-    }
-}
-
 fn vip(last: u8, port: u16, protocol: Protocol) -> ServiceKey {
-    ServiceKey {
-        vip: Ipv4Addr::new(10, 96, 0, last),
-        port,
-        protocol,
-    }
+    ServiceKey::v4(Ipv4Addr::new(10, 96, 0, last), port, protocol)
 }
 
 fn be(last: u8, port: u16) -> SocketAddrV4 {
@@ -496,7 +249,7 @@ fn connected_udp_socket_leaves_a_removed_backend() {
         .lb()
         .upsert_service(key, &active(&keep))
         .expect("remove");
-    assert_eq!(out.removed_backends, vec![gone]);
+    assert_eq!(out.removed_backends, vec![gone.into()]);
     let n = terminate_udp_sockets_in(&env.netns_path(), gone).expect("terminate");
     assert!(n >= 1, "no socket terminated");
     // The old backend still listens: only the termination keeps the socket off it.

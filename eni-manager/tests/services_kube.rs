@@ -91,7 +91,7 @@ impl DatapathMaps for SharedMaps {
 
 fn key(vip: [u8; 4], port: u16, protocol: Protocol) -> ServiceKey {
     ServiceKey {
-        vip: Ipv4Addr::from(vip),
+        vip: Ipv4Addr::from(vip).into(),
         port,
         protocol,
     }

@@ -75,7 +75,7 @@ fn file_source_drives_the_pinned_maps_incrementally() {
     let dir = tmp.path().join("services");
     std::fs::create_dir(&dir).unwrap();
     let key = ServiceKey {
-        vip: Ipv4Addr::new(10, 96, 7, 1),
+        vip: Ipv4Addr::new(10, 96, 7, 1).into(),
         port: 80,
         protocol: Protocol::Tcp,
     };
@@ -115,8 +115,8 @@ fn file_source_drives_the_pinned_maps_incrementally() {
     assert_eq!(
         states,
         vec![
-            (Ipv4Addr::new(10, 1, 0, 2), BackendState::Active),
-            (Ipv4Addr::new(10, 1, 0, 1), BackendState::Terminating),
+            (Ipv4Addr::new(10, 1, 0, 2).into(), BackendState::Active),
+            (Ipv4Addr::new(10, 1, 0, 1).into(), BackendState::Terminating),
         ]
     );
 
@@ -127,9 +127,62 @@ fn file_source_drives_the_pinned_maps_incrementally() {
     let r = src.poll(&mut lb).unwrap();
     assert_eq!((r.upserted, r.deleted, r.map_ops), (0, 0, 0));
 
+    // A dual-stack service: one frontend per family, each in its family's tables, with that
+    // family's endpoints; a restart adopts both without a write.
+    std::fs::write(dir.join("dual.yaml"), DUAL).unwrap();
+    let r = src.poll(&mut lb).unwrap();
+    assert_eq!(r.upserted, 2, "{r:?}");
+    let v6: std::net::IpAddr = "fd00:96::7".parse().unwrap();
+    let l = lb.list().unwrap();
+    let e6 = l.iter().find(|e| e.key.vip == v6).expect("IPv6 frontend");
+    assert_eq!(
+        e6.spec
+            .backends
+            .iter()
+            .map(|b| b.addr().to_string())
+            .collect::<Vec<_>>(),
+        vec!["[fd00:1::1]:8080"]
+    );
+    let e4 = l
+        .iter()
+        .find(|e| e.key.vip == std::net::IpAddr::from(Ipv4Addr::new(10, 96, 7, 2)))
+        .expect("IPv4 frontend");
+    assert_eq!(e4.spec.backends[0].addr().to_string(), "10.1.0.9:8080");
+    drop(lb);
+    let mut lb = SocketLb::load_or_adopt(&pins).unwrap();
+    let mut src = FileSource::new(&dir, Duration::from_secs(3600));
+    let r = src.poll(&mut lb).unwrap();
+    assert_eq!((r.upserted, r.deleted, r.map_ops), (0, 0, 0));
+    std::fs::remove_file(dir.join("dual.yaml")).unwrap();
+    let r = src.poll(&mut lb).unwrap();
+    assert_eq!(r.deleted, 2);
+
     // Delete the file: the service is gone.
     std::fs::remove_file(dir.join("web.yaml")).unwrap();
     let r = src.poll(&mut lb).unwrap();
     assert_eq!(r.deleted, 1);
     assert!(lb.list().unwrap().is_empty());
 }
+
+const DUAL: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: { name: dual, namespace: shop }
+spec:
+  clusterIPs: [10.96.7.2, "fd00:96::7"]
+  ports: [{ name: http, port: 80, targetPort: 8080 }]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: { name: dual-4, namespace: shop, labels: { kubernetes.io/service-name: dual } }
+addressType: IPv4
+ports: [{ name: http, port: 8080 }]
+endpoints: [{ addresses: [10.1.0.9] }]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: { name: dual-6, namespace: shop, labels: { kubernetes.io/service-name: dual } }
+addressType: IPv6
+ports: [{ name: http, port: 8080 }]
+endpoints: [{ addresses: ["fd00:1::1"] }]
+"#;

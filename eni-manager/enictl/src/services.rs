@@ -57,7 +57,12 @@ pub fn render(entries: &[ServiceEntry]) -> String {
     for e in sorted {
         let head = [
             e.id.to_string(),
-            format!("{}:{}/{}", e.key.vip, e.key.port, proto(e.key.protocol)),
+            // `[v6]:port` for an IPv6 frontend, like a socket address.
+            format!(
+                "{}/{}",
+                std::net::SocketAddr::new(e.key.vip, e.key.port),
+                proto(e.key.protocol)
+            ),
             affinity(e),
         ];
         if e.spec.backends.is_empty() {
@@ -149,7 +154,7 @@ mod tests {
         let a = |l| SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, l), 8080);
         m.upsert_service(
             ServiceKey {
-                vip: Ipv4Addr::new(10, 96, 0, 10),
+                vip: Ipv4Addr::new(10, 96, 0, 10).into(),
                 port: 80,
                 protocol: Protocol::Tcp,
             },
@@ -161,7 +166,7 @@ mod tests {
         .unwrap();
         m.upsert_service(
             ServiceKey {
-                vip: Ipv4Addr::new(10, 96, 0, 11),
+                vip: Ipv4Addr::new(10, 96, 0, 11).into(),
                 port: 53,
                 protocol: Protocol::Udp,
             },
@@ -178,5 +183,31 @@ mod tests {
         assert_eq!(j[0]["backends"][1]["state"], "terminating");
         assert_eq!(j[0]["affinity_timeout_s"], 10_800);
         assert_eq!(render(&[]), "No services.\n");
+    }
+
+    #[test]
+    fn renders_ipv6_frontends_and_backends_in_brackets() {
+        let mut m = RecordingMaps::new();
+        let vip: std::net::Ipv6Addr = "fd00:96::10".parse().unwrap();
+        let be: std::net::SocketAddr = "[fd00:200::2]:8080".parse().unwrap();
+        m.upsert_service(
+            ServiceKey {
+                vip: vip.into(),
+                port: 80,
+                protocol: Protocol::Tcp,
+            },
+            &ServiceSpec {
+                backends: vec![Backend::active(be)],
+                affinity_timeout: None,
+            },
+        )
+        .unwrap();
+        let text = render(&m.list().unwrap());
+        assert!(
+            text.contains("[fd00:96::10]:80/TCP  -         1 => [fd00:200::2]:8080/TCP (active)"),
+            "{text}"
+        );
+        let j = to_json(&m.list().unwrap());
+        assert_eq!(j[0]["frontend"]["ip"], "fd00:96::10", "{j}");
     }
 }

@@ -68,7 +68,7 @@ fn services_lists_the_pinned_maps() {
     let be = |l| SocketAddrV4::new(Ipv4Addr::new(10, 2, 0, l), 5353);
     lb.upsert_service(
         ServiceKey {
-            vip: Ipv4Addr::new(10, 96, 9, 9),
+            vip: Ipv4Addr::new(10, 96, 9, 9).into(),
             port: 53,
             protocol: Protocol::Udp,
         },
@@ -78,11 +78,28 @@ fn services_lists_the_pinned_maps() {
         },
     )
     .unwrap();
+    // An IPv6 service lives in the lb6 tables: listed from them too.
+    lb.upsert_service(
+        ServiceKey {
+            vip: "fd00:96::9".parse::<std::net::IpAddr>().unwrap(),
+            port: 53,
+            protocol: Protocol::Udp,
+        },
+        &ServiceSpec {
+            backends: vec![Backend::active(
+                "[fd00:2::1]:5353".parse::<std::net::SocketAddr>().unwrap(),
+            )],
+            affinity_timeout: None,
+        },
+    )
+    .unwrap();
     let p = pins.to_str().unwrap();
     let (ok, out, err) = enictl(&["services", "--pin-dir", p]);
     assert!(ok, "{err}");
     assert!(out.starts_with("ID  FRONTEND"), "{out}");
-    assert!(out.contains("10.96.9.9:53/UDP  ClientIP 60s"), "{out}");
+    assert!(out.contains("[fd00:96::9]:53/UDP"), "{out}");
+    assert!(out.contains("1 => [fd00:2::1]:5353/UDP (active)"), "{out}");
+    assert!(out.contains("10.96.9.9:53/UDP     ClientIP 60s"), "{out}");
     assert!(out.contains("1 => 10.2.0.1:5353/UDP (active)"), "{out}");
     assert!(
         out.contains("2 => 10.2.0.2:5353/UDP (terminating)"),
@@ -93,4 +110,5 @@ fn services_lists_the_pinned_maps() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v[0]["frontend"]["ip"], "10.96.9.9");
     assert_eq!(v[0]["backends"].as_array().unwrap().len(), 2);
+    assert_eq!(v[1]["frontend"]["ip"], "fd00:96::9");
 }

@@ -1,11 +1,11 @@
 //! `desired(services, slices)`: the pure translation from Kubernetes objects to the table
 //! the datapath should hold, one [`ServiceSpec`] per frontend (IP, port, protocol).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
-use eni_bpf::{Backend, Protocol, ServiceKey, ServiceSpec};
+use eni_bpf::{Backend, IpFamily, Protocol, ServiceKey, ServiceSpec};
 use tracing::{debug, warn};
 
 use super::types::{EndpointSlice, IntOrString, Service, ServicePort};
@@ -50,9 +50,11 @@ fn backend_port(sp: &ServicePort, proto: Protocol, slice: &EndpointSlice) -> Opt
     }
 }
 
-/// The frontend addresses: IPv4 cluster IPs, then IPv4 external IPs, each with whether it
-/// is a cluster IP. IPv6 ones are skipped (no IPv6 hooks yet).
-fn frontends(svc: &Service, id: &str) -> Vec<(Ipv4Addr, bool)> {
+/// The frontend addresses: cluster IPs (IPv4 and IPv6, as a dual-stack service has one of
+/// each), then IPv4 external IPs, each with whether it is a cluster IP. IPv6 external IPs
+/// are skipped (the per-packet path is IPv4 only), and so are IPv4-mapped IPv6 addresses
+/// (the IPv6 socket hooks serve an IPv4 service's mapped form from its IPv4 address).
+fn frontends(svc: &Service, id: &str) -> Vec<(IpAddr, bool)> {
     let mut ips: Vec<(&str, bool)> = Vec::new();
     if svc.spec.cluster_ips.is_empty() {
         ips.extend(svc.spec.cluster_ip.as_deref().map(|ip| (ip, true)));
@@ -60,16 +62,31 @@ fn frontends(svc: &Service, id: &str) -> Vec<(Ipv4Addr, bool)> {
         ips.extend(svc.spec.cluster_ips.iter().map(|ip| (ip.as_str(), true)));
     }
     ips.extend(svc.spec.external_ips.iter().map(|ip| (ip.as_str(), false)));
-    let mut out: Vec<(Ipv4Addr, bool)> = Vec::new();
+    let mut out: Vec<(IpAddr, bool)> = Vec::new();
     for (ip, cluster) in ips {
-        match ip.parse::<std::net::IpAddr>() {
-            Ok(std::net::IpAddr::V4(v4)) if !v4.is_unspecified() => {
-                if !out.iter().any(|(a, _)| *a == v4) {
-                    out.push((v4, cluster));
-                }
+        let usable = match ip.parse::<IpAddr>() {
+            Ok(IpAddr::V4(v4)) if !v4.is_unspecified() => Some(IpAddr::V4(v4)),
+            Ok(IpAddr::V6(v6))
+                if cluster && !v6.is_unspecified() && v6.to_ipv4_mapped().is_none() =>
+            {
+                Some(IpAddr::V6(v6))
             }
-            Ok(_) => debug!(service = id, ip, "IPv6 or unspecified frontend skipped"),
-            Err(_) => warn!(service = id, ip, "not an IP address; frontend skipped"),
+            Ok(_) => {
+                debug!(
+                    service = id,
+                    ip, "unspecified, IPv4-mapped or IPv6 external frontend skipped"
+                );
+                None
+            }
+            Err(_) => {
+                warn!(service = id, ip, "not an IP address; frontend skipped");
+                None
+            }
+        };
+        if let Some(a) = usable {
+            if !out.iter().any(|(b, _)| *b == a) {
+                out.push((a, cluster));
+            }
         }
     }
     out
@@ -77,12 +94,14 @@ fn frontends(svc: &Service, id: &str) -> Vec<(Ipv4Addr, bool)> {
 
 /// The table the datapath should hold for these services and slices.
 ///
-/// - Frontends: every IPv4 `clusterIP(s)` and `externalIPs` address x every TCP/UDP port,
+/// - Frontends: every `clusterIP(s)` address (IPv4 and IPv6) and IPv4 `externalIPs`
+///   address x every TCP/UDP port,
 ///   for `ClusterIP`, `NodePort` and `LoadBalancer` services (the socket hooks serve the
 ///   ClusterIP of all three). Headless (`clusterIP: None`) and `ExternalName` services
 ///   are skipped; SCTP ports are skipped with a log line.
 /// - Backends: from the slices labelled `kubernetes.io/service-name: <name>` in the same
-///   namespace; `ready` endpoints are active, `serving` + `terminating` ones terminating
+///   namespace whose `addressType` is the frontend's family (`IPv4` slices for an IPv4
+///   frontend, `IPv6` slices for an IPv6 one; `FQDN` slices are ignored); `ready` endpoints are active, `serving` + `terminating` ones terminating
 ///   (no new connections), the others left out.
 /// - `sessionAffinity: ClientIP`: `timeoutSeconds`, default 10800.
 /// - `internalTrafficPolicy: Local`: see [`DesiredOptions::node_name`].
@@ -117,14 +136,16 @@ pub fn desired_with(
     });
     // The slices of each service, found once (a scan per service would be quadratic:
     // 10,000 services took seconds).
-    let mut slices_of: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
-    for s in slices
-        .iter()
-        .filter(|s| s.address_type.as_deref().is_none_or(|t| t == "IPv4"))
-    {
+    let mut slices_of: HashMap<(&str, &str, IpFamily), Vec<&EndpointSlice>> = HashMap::new();
+    for s in slices {
+        let family = match s.address_type.as_deref() {
+            None | Some("IPv4") => IpFamily::V4,
+            Some("IPv6") => IpFamily::V6,
+            Some(_) => continue,
+        };
         if let Some(name) = s.service_name() {
             slices_of
-                .entry((s.metadata.namespace(), name))
+                .entry((s.metadata.namespace(), name, family))
                 .or_default()
                 .push(s);
         }
@@ -156,7 +177,7 @@ pub fn desired_with(
         };
         let vips = frontends(svc, &id);
         if vips.is_empty() {
-            debug!(service = %id, "no IPv4 frontend address; skipped");
+            debug!(service = %id, "no usable frontend address; skipped");
             continue;
         }
         let affinity = match svc.spec.session_affinity.as_deref() {
@@ -174,9 +195,7 @@ pub fn desired_with(
             }
             _ => None,
         };
-        let my_slices: &[&EndpointSlice] = slices_of
-            .get(&(ns, svc.metadata.name.as_str()))
-            .map_or(&[], Vec::as_slice);
+        let families: BTreeSet<IpFamily> = vips.iter().map(|(ip, _)| IpFamily::of(*ip)).collect();
         for sp in &svc.spec.ports {
             let proto = match protocol(sp.protocol.as_deref()) {
                 Ok(p) => p,
@@ -189,50 +208,61 @@ pub fn desired_with(
                 warn!(service = %id, port = sp.port, "invalid service port; skipped");
                 continue;
             };
-            let mut backends = Vec::new();
-            let mut local_backends = Vec::new();
-            let mut seen = HashSet::new();
-            for slice in my_slices {
-                let Some(bport) = backend_port(sp, proto, slice) else {
-                    continue;
-                };
-                for ep in &slice.endpoints {
-                    let c = &ep.conditions;
-                    let ready = c.ready.unwrap_or(true);
-                    let serving = c.serving.unwrap_or(ready);
-                    let terminating = c.terminating.unwrap_or(false);
-                    for a in &ep.addresses {
-                        let Ok(ip) = a.parse::<Ipv4Addr>() else {
-                            debug!(service = %id, address = %a, "not an IPv4 endpoint; skipped");
-                            continue;
-                        };
-                        let addr = SocketAddrV4::new(ip, bport);
-                        let b = if ready && !terminating {
-                            Backend::active(addr)
-                        } else if serving && terminating {
-                            Backend::terminating(addr)
-                        } else {
-                            continue;
-                        };
-                        if seen.insert(addr) {
-                            if local_node.is_some() && ep.node_name.as_deref() == local_node {
-                                local_backends.push(b);
+            // Per family: every backend, and (internalTrafficPolicy: Local) this node's.
+            let mut specs: BTreeMap<IpFamily, (ServiceSpec, Option<ServiceSpec>)> = BTreeMap::new();
+            for family in &families {
+                let my_slices: &[&EndpointSlice] = slices_of
+                    .get(&(ns, svc.metadata.name.as_str(), *family))
+                    .map_or(&[], Vec::as_slice);
+                let mut backends = Vec::new();
+                let mut local_backends = Vec::new();
+                let mut seen = HashSet::new();
+                for slice in my_slices {
+                    let Some(bport) = backend_port(sp, proto, slice) else {
+                        continue;
+                    };
+                    for ep in &slice.endpoints {
+                        let c = &ep.conditions;
+                        let ready = c.ready.unwrap_or(true);
+                        let serving = c.serving.unwrap_or(ready);
+                        let terminating = c.terminating.unwrap_or(false);
+                        for a in &ep.addresses {
+                            let ip = match a.parse::<IpAddr>() {
+                                Ok(ip) if IpFamily::of(ip) == *family => ip,
+                                _ => {
+                                    debug!(service = %id, address = %a, %family, "not an endpoint address of the slice's family; skipped");
+                                    continue;
+                                }
+                            };
+                            let addr = SocketAddr::new(ip, bport);
+                            let b = if ready && !terminating {
+                                Backend::active(addr)
+                            } else if serving && terminating {
+                                Backend::terminating(addr)
+                            } else {
+                                continue;
+                            };
+                            if seen.insert(addr) {
+                                if local_node.is_some() && ep.node_name.as_deref() == local_node {
+                                    local_backends.push(b);
+                                }
+                                backends.push(b);
                             }
-                            backends.push(b);
                         }
                     }
                 }
-            }
-            let spec = normalize(ServiceSpec {
-                backends,
-                affinity_timeout: affinity,
-            });
-            let local_spec = local_node.map(|_| {
-                normalize(ServiceSpec {
-                    backends: local_backends,
+                let spec = normalize(ServiceSpec {
+                    backends,
                     affinity_timeout: affinity,
-                })
-            });
+                });
+                let local_spec = local_node.map(|_| {
+                    normalize(ServiceSpec {
+                        backends: local_backends,
+                        affinity_timeout: affinity,
+                    })
+                });
+                specs.insert(*family, (spec, local_spec));
+            }
             for (vip, cluster) in &vips {
                 let key = ServiceKey {
                     vip: *vip,
@@ -244,9 +274,12 @@ pub fn desired_with(
                     continue;
                 }
                 owner.insert(key, id.clone());
-                let spec = match &local_spec {
+                let Some((spec, local_spec)) = specs.get(&IpFamily::of(*vip)) else {
+                    continue;
+                };
+                let spec = match local_spec {
                     Some(local) if *cluster => local,
-                    _ => &spec,
+                    _ => spec,
                 };
                 out.insert(key, spec.clone());
             }
@@ -307,7 +340,7 @@ pub fn desired_external(
         ) {
             external
                 .entry(ServiceKey {
-                    vip: ip,
+                    vip: ip.into(),
                     port,
                     protocol: proto,
                 })
@@ -384,7 +417,7 @@ fn serves_external_ip(svc: &Service, k: &ServiceKey) -> bool {
     svc.spec
         .external_ips
         .iter()
-        .any(|ip| ip.parse::<Ipv4Addr>().ok() == Some(k.vip))
+        .any(|ip| ip.parse::<Ipv4Addr>().ok().map(IpAddr::V4) == Some(k.vip))
         && svc.spec.ports.iter().any(|sp| {
             u16::try_from(sp.port).ok() == Some(k.port)
                 && protocol(sp.protocol.as_deref()).ok() == Some(k.protocol)
@@ -432,7 +465,7 @@ pub fn desired_host_ports(
         };
         for vip in addresses {
             let key = ServiceKey {
-                vip,
+                vip: vip.into(),
                 port: e.port.host_port,
                 protocol,
             };
@@ -502,7 +535,7 @@ mod host_port_tests {
 
     fn k(vip: Ipv4Addr, port: u16, protocol: Protocol) -> ServiceKey {
         ServiceKey {
-            vip,
+            vip: vip.into(),
             port,
             protocol,
         }
@@ -671,7 +704,7 @@ mod external_tests {
 
     fn k(ip: [u8; 4], port: u16, protocol: Protocol) -> ServiceKey {
         ServiceKey {
-            vip: Ipv4Addr::from(ip),
+            vip: Ipv4Addr::from(ip).into(),
             port,
             protocol,
         }
@@ -701,7 +734,7 @@ mod external_tests {
         assert_eq!(be.len(), 1);
         assert_eq!(
             be[0].addr(),
-            SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 8080)
+            SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 8080).into()
         );
         let udp = &d.extra[&k([203, 0, 113, 9], 53, Protocol::Udp)].backends;
         assert_eq!(udp[0].port, 5353);

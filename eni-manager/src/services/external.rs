@@ -483,7 +483,7 @@ endpoints: [ { addresses: [10.0.0.1] } ]
 
     fn key(ip: Ipv4Addr, port: u16) -> ServiceKey {
         ServiceKey {
-            vip: ip,
+            vip: ip.into(),
             port,
             protocol: Protocol::Tcp,
         }
@@ -518,7 +518,7 @@ endpoints: [ { addresses: [10.0.0.1] } ]
         );
         assert_eq!(
             table[&key(B, 8080)].backends[0].addr(),
-            std::net::SocketAddrV4::new(pod, 80)
+            std::net::SocketAddrV4::new(pod, 80).into()
         );
         assert_eq!(hp.applied(), 0, "nothing is applied before the write");
         path.apply(&want);

@@ -253,18 +253,30 @@ mod tests {
 
     fn svc(ns: &str, name: &str, ip: &str, port: u16) -> Service {
         serde_yaml::from_str(&format!(
-            "metadata: {{name: {name}, namespace: {ns}}}\nspec: {{clusterIP: {ip}, ports: [{{name: p, port: {port}, targetPort: 8080}}]}}"
+            "metadata: {{name: {name}, namespace: {ns}}}\nspec: {{clusterIP: \"{ip}\", ports: [{{name: p, port: {port}, targetPort: 8080}}]}}"
         ))
         .expect("service")
     }
 
     fn slice(ns: &str, svc: &str, name: &str, ips: &[u8]) -> EndpointSlice {
+        slice_of(ns, svc, name, ips, false)
+    }
+
+    /// An `IPv4` slice of 10.1.0.N endpoints, or (`v6`) an `IPv6` one of fd00:1::N.
+    fn slice_of(ns: &str, svc: &str, name: &str, ips: &[u8], v6: bool) -> EndpointSlice {
         let eps: Vec<String> = ips
             .iter()
-            .map(|i| format!("{{addresses: [10.1.0.{i}]}}"))
+            .map(|i| {
+                if v6 {
+                    format!("{{addresses: [\"fd00:1::{i}\"]}}")
+                } else {
+                    format!("{{addresses: [10.1.0.{i}]}}")
+                }
+            })
             .collect();
+        let family = if v6 { "IPv6" } else { "IPv4" };
         serde_yaml::from_str(&format!(
-            "metadata: {{name: {name}, namespace: {ns}, labels: {{kubernetes.io/service-name: {svc}}}}}\naddressType: IPv4\nports: [{{name: p, port: 8080}}]\nendpoints: [{}]",
+            "metadata: {{name: {name}, namespace: {ns}, labels: {{kubernetes.io/service-name: {svc}}}}}\naddressType: {family}\nports: [{{name: p, port: 8080}}]\nendpoints: [{}]",
             eps.join(", ")
         ))
         .expect("slice")
@@ -343,7 +355,7 @@ mod tests {
         #[test]
         fn matches_the_full_computation(
             ops in proptest::collection::vec(
-                (0usize..3, 0usize..3, 0u8..4, proptest::collection::vec(1u8..6, 0..4), any::<bool>()),
+                (0usize..3, 0usize..3, 0u8..6, proptest::collection::vec(1u8..6, 0..4), any::<bool>()),
                 1..40,
             )
         ) {
@@ -356,10 +368,13 @@ mod tests {
                 if delete {
                     services.remove(&id);
                 } else {
-                    // Few VIPs, so Services collide on frontends.
-                    let s = svc(&id.0, &id.1, &format!("10.96.0.{vip}"), 80);
+                    // Few VIPs, so Services collide on frontends; 4 and 5 are IPv6
+                    // (IPv6 slices), so a Service moves between families too.
+                    let v6 = vip >= 4;
+                    let ip = if v6 { format!("fd00:96::{vip}") } else { format!("10.96.0.{vip}") };
+                    let s = svc(&id.0, &id.1, &ip, 80);
                     services.insert(id.clone(), s);
-                    slices.insert(id.clone(), slice(&id.0, &id.1, "s", &eps));
+                    slices.insert(id.clone(), slice_of(&id.0, &id.1, "s", &eps, v6));
                 }
                 let mine: Vec<EndpointSlice> = slices.get(&id).cloned().into_iter().collect();
                 cache.update(&id, services.get(&id), &mine);

@@ -7,7 +7,7 @@
 //! in memory, so a pass over 10,000 unchanged services costs no syscall at all.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
 use eni_bpf::{BpfError, DatapathMaps, ServiceKey, ServiceSpec};
 use tracing::{info, warn};
@@ -63,7 +63,7 @@ pub struct ApplyReport {
     pub map_ops: usize,
     /// Backends removed from a service (or with it): connected UDP sockets aimed at them
     /// should be terminated.
-    pub removed_backends: Vec<(ServiceKey, SocketAddrV4)>,
+    pub removed_backends: Vec<(ServiceKey, SocketAddr)>,
     /// Services that could not be applied (each logged); the others were.
     pub errors: Vec<String>,
 }
@@ -90,7 +90,7 @@ fn apply_tracked<M: DatapathMaps + ?Sized>(
         let errors_before = r.errors.len();
         match op {
             Op::Delete(k) => {
-                let before: Vec<SocketAddrV4> = current
+                let before: Vec<SocketAddr> = current
                     .get(k)
                     .map(|s| s.backends.iter().map(|b| b.addr()).collect())
                     .unwrap_or_default();
@@ -298,7 +298,7 @@ mod external_tests {
 
     fn k(last: u8) -> ServiceKey {
         ServiceKey {
-            vip: Ipv4Addr::new(172, 16, 0, last),
+            vip: Ipv4Addr::new(172, 16, 0, last).into(),
             port: 30080,
             protocol: Protocol::Tcp,
         }

@@ -18,7 +18,7 @@ fn parse(text: &str) -> Loaded {
 
 fn key(vip: [u8; 4], port: u16, protocol: Protocol) -> ServiceKey {
     ServiceKey {
-        vip: Ipv4Addr::from(vip),
+        vip: Ipv4Addr::from(vip).into(),
         port,
         protocol,
     }
@@ -234,9 +234,9 @@ fn add_change_remove_through_the_fake_is_incremental() {
     assert_eq!(
         states,
         vec![
-            (Ipv4Addr::new(10, 0, 0, 1), BackendState::Active),
-            (Ipv4Addr::new(10, 0, 0, 2), BackendState::Terminating),
-            (Ipv4Addr::new(10, 0, 0, 3), BackendState::Terminating),
+            (Ipv4Addr::new(10, 0, 0, 1).into(), BackendState::Active),
+            (Ipv4Addr::new(10, 0, 0, 2).into(), BackendState::Terminating),
+            (Ipv4Addr::new(10, 0, 0, 3).into(), BackendState::Terminating),
         ]
     );
     assert!(!m
@@ -255,7 +255,7 @@ fn add_change_remove_through_the_fake_is_incremental() {
     assert_eq!(r.removed_backends.len(), 6, "3 backends x 2 frontends");
     assert!(m.ops.iter().all(|o| matches!(
         o,
-        eni_bpf::MapOp::DeleteService(_) | eni_bpf::MapOp::DeleteBackend(_)
+        eni_bpf::MapOp::DeleteService(_) | eni_bpf::MapOp::DeleteBackend(..)
     )));
     assert_eq!(m.list().unwrap().len(), 2);
 
@@ -549,4 +549,106 @@ endpoints: [ {{ addresses: [10.0.0.1] }}, {{ addresses: [10.0.0.2] }} ]
             && text.contains("eni_services_nodeport_frontends_removed_total 1\n"),
         "{text}"
     );
+}
+
+const DUAL: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: { name: dual, namespace: shop }
+spec:
+  clusterIP: 10.96.0.20
+  clusterIPs: [10.96.0.20, "fd00:96::20", "::ffff:10.96.0.21"]
+  ipFamilies: [IPv4, IPv6]
+  externalIPs: ["2001:db8::7"]
+  ports:
+    - { name: http, port: 80, protocol: TCP, targetPort: 8080 }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: six, namespace: shop }
+spec:
+  clusterIP: "fd00:96::30"
+  ipFamilies: [IPv6]
+  ports:
+    - { name: dns, port: 53, protocol: UDP, targetPort: 5353 }
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: { name: dual-v4, namespace: shop, labels: { kubernetes.io/service-name: dual } }
+addressType: IPv4
+ports: [{ name: http, port: 8080, protocol: TCP }]
+endpoints:
+  - addresses: [10.0.0.1, "fd00:1::9"]
+    conditions: { ready: true }
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: { name: dual-v6, namespace: shop, labels: { kubernetes.io/service-name: dual } }
+addressType: IPv6
+ports: [{ name: http, port: 8080, protocol: TCP }]
+endpoints:
+  - addresses: ["fd00:1::1"]
+    conditions: { ready: true }
+  - addresses: ["fd00:1::2"]
+    conditions: { ready: false, serving: true, terminating: true }
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: { name: dual-fqdn, namespace: shop, labels: { kubernetes.io/service-name: dual } }
+addressType: FQDN
+ports: [{ name: http, port: 8080, protocol: TCP }]
+endpoints:
+  - addresses: [db.example.com]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: { name: six-a, namespace: shop, labels: { kubernetes.io/service-name: six } }
+addressType: IPv6
+ports: [{ name: dns, port: 5353, protocol: UDP }]
+endpoints:
+  - addresses: ["fd00:1::3"]
+"#;
+
+#[test]
+fn dual_stack_services_get_one_frontend_per_family_with_that_familys_endpoints() {
+    let t = want(DUAL);
+    let k6 = |ip: &str, port, protocol| ServiceKey {
+        vip: ip.parse().unwrap(),
+        port,
+        protocol,
+    };
+    let sa = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+    // Exactly: the IPv4 and IPv6 cluster IPs of `dual`, the IPv6 one of `six`. The
+    // IPv4-mapped cluster IP and the IPv6 external IP are not frontends.
+    let keys: Vec<ServiceKey> = t.keys().copied().collect();
+    assert_eq!(
+        keys,
+        vec![
+            key([10, 96, 0, 20], 80, Protocol::Tcp),
+            k6("fd00:96::20", 80, Protocol::Tcp),
+            k6("fd00:96::30", 53, Protocol::Udp),
+        ]
+    );
+    // Each family's frontend gets that family's slices only (the stray IPv6 address in the
+    // IPv4 slice and the FQDN slice are ignored).
+    let v4 = &t[&key([10, 96, 0, 20], 80, Protocol::Tcp)].backends;
+    assert_eq!(v4, &vec![Backend::active(be(1, 8080))]);
+    let v6 = &t[&k6("fd00:96::20", 80, Protocol::Tcp)].backends;
+    assert_eq!(
+        v6,
+        &vec![
+            Backend::active(sa("[fd00:1::1]:8080")),
+            Backend::terminating(sa("[fd00:1::2]:8080")),
+        ]
+    );
+    let six = &t[&k6("fd00:96::30", 53, Protocol::Udp)].backends;
+    assert_eq!(six, &vec![Backend::active(sa("[fd00:1::3]:5353"))]);
+
+    // Both families reach the maps; each family's table holds its own.
+    let mut m = RecordingMaps::new();
+    let r = reconcile::Reconciler::new().reconcile(&mut m, &t).unwrap();
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    let listed: Vec<ServiceKey> = m.list().unwrap().into_iter().map(|e| e.key).collect();
+    assert_eq!(listed.len(), 3);
+    assert!(listed.iter().any(|k| k.vip.is_ipv6()));
 }

@@ -7,7 +7,7 @@
 //! with no process left has no socket to terminate.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -50,8 +50,8 @@ pub fn network_namespaces(proc_dir: &Path, run_netns: &Path) -> Vec<PathBuf> {
 /// Terminates, in every namespace of the node, the connected UDP sockets aimed at one of
 /// `removed` (only UDP frontends count). Returns how many sockets went. Errors are logged
 /// per namespace; a namespace that vanished meanwhile is not an error.
-pub fn terminate_removed(removed: &[(ServiceKey, SocketAddrV4)]) -> usize {
-    let mut backends: BTreeMap<SocketAddrV4, ServiceKey> = BTreeMap::new();
+pub fn terminate_removed(removed: &[(ServiceKey, SocketAddr)]) -> usize {
+    let mut backends: BTreeMap<SocketAddr, ServiceKey> = BTreeMap::new();
     for (key, backend) in removed {
         if key.protocol == eni_bpf::Protocol::Udp {
             backends.entry(*backend).or_insert(*key);
@@ -103,7 +103,7 @@ mod tests {
     #[test]
     fn tcp_removals_walk_nothing() {
         let key = ServiceKey {
-            vip: std::net::Ipv4Addr::new(10, 96, 0, 1),
+            vip: std::net::Ipv4Addr::new(10, 96, 0, 1).into(),
             port: 80,
             protocol: eni_bpf::Protocol::Tcp,
         };
