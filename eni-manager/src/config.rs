@@ -210,6 +210,12 @@ pub struct PoolConfig {
     /// How long an allocation may wait for the pool before it fails (ms).
     #[serde(default = "default_alloc_timeout")]
     pub allocate_timeout_ms: u64,
+    /// Create a shared ENI with every address it can hold when pods are waiting (the AWS
+    /// VPC CNI's default): a burst costs one create per ENI and no top-ups. Off: only what
+    /// is asked for, then assigns as more pods come (fewer idle addresses on a scarce
+    /// vSwitch). Idle addresses above `max_idle` are released after the cool-down either way.
+    #[serde(default = "default_true")]
+    pub fill_new_enis: bool,
 }
 
 fn default_min_idle() -> u32 {
@@ -226,6 +232,9 @@ fn default_batch() -> u64 {
 }
 fn default_alloc_timeout() -> u64 {
     30_000
+}
+fn default_true() -> bool {
+    true
 }
 
 /// Garbage collection.

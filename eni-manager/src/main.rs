@@ -336,6 +336,7 @@ async fn run(cfg: Config) -> anyhow::Result<ExitCode> {
             release_cooldown_ms: cfg.pool.release_cooldown_s * 1000,
             prefix_mode: cfg.pool.prefix_mode,
             exclusive_warm: cfg.pool.exclusive_warm,
+            fill_new_enis: cfg.pool.fill_new_enis,
         },
         max_enis: cfg.pool.max_enis,
         batch_window: Duration::from_millis(cfg.pool.batch_window_ms),

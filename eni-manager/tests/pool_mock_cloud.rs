@@ -517,6 +517,9 @@ fn an_exhausted_vswitch_is_skipped_for_the_next() {
     cfg["network"]["subnet_selection"] = json!("ordered");
     cfg["pool"]["min_idle"] = json!(0);
     cfg["pool"]["max_idle"] = json!(20);
+    // Creates sized to demand, so the first one fits what the manager believes vsw-tiny
+    // has (a whole ENI would not, and would go to vsw-h1 without asking vsw-tiny at all).
+    cfg["pool"]["fill_new_enis"] = json!(false);
     let m = rig.manager(&cfg);
     consume(&rig.mock, "vsw-tiny", 2);
 

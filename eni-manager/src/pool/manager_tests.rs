@@ -25,6 +25,7 @@ struct Harness {
 fn settings(min_idle: u32, max_idle: u32, subnets: &[&str]) -> ManagerSettings {
     ManagerSettings {
         targets: PoolTargets {
+            fill_new_enis: false,
             min_idle,
             max_idle,
             min_total: 0,

@@ -41,6 +41,10 @@ pub struct PoolTargets {
     pub prefix_mode: bool,
     /// Exclusive ENIs to keep ready beyond demand.
     pub exclusive_warm: u32,
+    /// A shared ENI created while pods wait gets every address it can hold (its slots, the
+    /// per-create maximum, what its subnet has left), not just what is asked for so far: a
+    /// burst arriving over several rounds then needs one create per ENI and no top-ups.
+    pub fill_new_enis: bool,
 }
 
 /// The instance type's limits, possibly capped by configuration.
@@ -362,7 +366,11 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             } else {
                 MAX_IPS_PER_CREATE
             };
-            let want = need.div_ceil(unit).min(per_eni_slots).min(cap);
+            let want = if t.fill_new_enis && input.waiting_shared > 0 {
+                per_eni_slots.min(cap)
+            } else {
+                need.div_ceil(unit).min(per_eni_slots).min(cap)
+            };
             let Some((subnet_id, n)) = pick_subnet(&mut subnets, want, unit) else {
                 subnets_out = true;
                 break;
@@ -650,6 +658,7 @@ mod tests {
 
     fn targets() -> PoolTargets {
         PoolTargets {
+            fill_new_enis: false,
             min_idle: 2,
             max_idle: 5,
             min_total: 0,
@@ -754,6 +763,86 @@ mod tests {
             }]
         );
         assert_eq!(p.blocked, None);
+    }
+
+    /// [`plan`] with `fill_new_enis` on, over `subnets`.
+    fn run_filling(state: &PoolState, waiting: u32, subnets: &[SubnetChoice]) -> Plan {
+        let t = PoolTargets {
+            fill_new_enis: true,
+            ..targets()
+        };
+        plan(&PlanInput {
+            state,
+            limits: LIMITS,
+            targets: &t,
+            waiting_shared: waiting,
+            waiting_exclusive: 0,
+            idle_since: &HashMap::new(),
+            now_ms: 0,
+            subnets,
+        })
+    }
+
+    fn creating(ips: u32) -> Event {
+        Event::IntentStarted {
+            op: 1,
+            intent: Intent::CreateEni {
+                token: "t".into(),
+                subnet_id: "vsw-a".into(),
+                kind: EniKind::Shared,
+                ips,
+                prefixes: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn filling_creates_a_whole_eni_for_the_first_waiters_and_nothing_for_the_next_ones() {
+        // Round 1: 3 pods wait. Without filling the ENI gets 3 + the idle target; with it, 9.
+        let p = run(&PoolState::default(), 3, &HashMap::new(), 0);
+        assert!(
+            matches!(p.actions[..], [Action::CreateEni { ips: 5, .. }]),
+            "{p:?}"
+        );
+        let p = run_filling(&PoolState::default(), 3, &subnets());
+        assert!(
+            matches!(p.actions[..], [Action::CreateEni { ips: 9, .. }]),
+            "{p:?}"
+        );
+        // Round 2, the create in flight: 4 more pods (7 waiting) fit in what is coming, so
+        // no create and, once it is attached, no top-up.
+        let mut s = PoolState::default();
+        s.apply(&creating(9)).unwrap();
+        let p = run_filling(&s, 7, &subnets());
+        assert!(p.actions.is_empty(), "{p:?}");
+    }
+
+    #[test]
+    fn filling_stops_at_the_subnet_and_the_eni_limit_and_not_without_waiters() {
+        // The subnet has room for the ENI's primary and 4 more: the create carries 4.
+        let small = vec![SubnetChoice {
+            id: "vsw-a".into(),
+            available: Some(5),
+            blocked: false,
+        }];
+        let p = run_filling(&PoolState::default(), 2, &small);
+        assert!(
+            matches!(p.actions[..], [Action::CreateEni { ips: 4, .. }]),
+            "{p:?}"
+        );
+        // 40 waiting: both ENI slots, each full, the rest blocked by the ENI limit.
+        let p = run_filling(&PoolState::default(), 40, &subnets());
+        assert_eq!(p.actions.len(), 2);
+        assert!(p
+            .actions
+            .iter()
+            .all(|a| matches!(a, Action::CreateEni { ips: 9, .. })));
+        // Nobody waiting (a warm-up to min_idle): only what the watermark asks.
+        let p = run_filling(&PoolState::default(), 0, &subnets());
+        assert!(
+            matches!(p.actions[..], [Action::CreateEni { ips: 2, .. }]),
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -281,7 +281,21 @@ pub fn burst(report: &mut Report, pods: usize) -> anyhow::Result<()> {
     // create, one attach call and the shortest attach.
     let enis = pods.div_ceil(ips_per_eni as usize - 1) as u64;
     let bound_ms = 200.0 + 200.0 + 2000.0;
-    println!("  {pods} pods: {wall:?}; mutating calls {calls}, all calls {total}");
+    let per_action: Vec<String> = [
+        "CreateNetworkInterface",
+        "AttachNetworkInterface",
+        "AssignPrivateIpAddresses",
+    ]
+    .iter()
+    .map(|a| {
+        let n = |v: &Value| v["actions"][a]["count"].as_u64().unwrap_or(0);
+        format!("{a} {}", n(&after) - n(&before))
+    })
+    .collect();
+    println!(
+        "  {pods} pods: {wall:?}; mutating calls {calls} ({}), all calls {total}",
+        per_action.join(", ")
+    );
     report.add(
         &format!("cold burst: {pods} pods addressed (wall)"),
         "ms",
